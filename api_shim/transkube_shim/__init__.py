@@ -1,0 +1,3 @@
+"""transkube shim."""
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,95 @@
+"""The real local cluster (etcd, kube-apiserver, controller manager, scheduler, node agent) and MinIO,
+started once per test session and torn down after it.
+
+Set TRANSKUBE_CLUSTER_DIR to a directory where `python -m transkube_dev up --dir DIR` already runs a
+cluster to reuse it (fast inner loop); otherwise a fresh one is started in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from transkube_dev import tools
+from transkube_dev.cluster import ClusterState, LocalCluster
+from transkube_dev.kube import ApiError, Kube, Obj
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterState]:
+    reuse = os.environ.get("TRANSKUBE_CLUSTER_DIR")
+    if reuse:
+        yield ClusterState.load(Path(reuse))
+        return
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    state = local.up()
+    try:
+        yield state
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: ClusterState) -> Kube:
+    return Kube.from_kubeconfig(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str]]:
+    binary, _ = tools.ensure_kubectl_helm()
+
+    def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binary), f"--kubeconfig={cluster.kubeconfig}", *args], check=check,
+                              capture_output=True, text=True, input=input, timeout=120)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def s3(cluster: ClusterState) -> Any:
+    assert cluster.s3 is not None
+    return boto3.client("s3", endpoint_url=cluster.s3.endpoint, aws_access_key_id=cluster.s3.access_key,
+                        aws_secret_access_key=cluster.s3.secret_key, region_name=cluster.s3.region)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
+    """Polls check() until it returns something truthy; the cluster is real, so things take a moment."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (ApiError, KeyError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace per test, ready for pods (its default ServiceAccount exists), deleted after."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    wait_for("default ServiceAccount", lambda: kube.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"))
+    yield name
+    try:
+        kube.delete(f"/api/v1/namespaces/{name}")
+    except ApiError as e:
+        if e.status != 404:
+            raise
+
+
+def job_condition(job: Obj, kind: str) -> Obj | None:
+    for cond in job.get("status", {}).get("conditions", []) or []:
+        if cond["type"] == kind and cond["status"] == "True":
+            return dict(cond)
+    return None

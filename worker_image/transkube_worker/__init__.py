@@ -1,0 +1,3 @@
+"""transkube worker."""
+
+__version__ = "0.1.0.dev0"
