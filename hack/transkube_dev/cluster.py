@@ -94,9 +94,12 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, pair: pki.KeyPair, 
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "transkube-dev", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(pair.cert_pem), "client-key-data": b64(pair.key_pem)}}],
-        "contexts": [{"name": "transkube-dev", "context": {"cluster": "transkube-dev", "user": user, "namespace": "default"}}],
+        "clusters": [{"name": "transkube-dev",
+                      "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user,
+                   "user": {"client-certificate-data": b64(pair.cert_pem), "client-key-data": b64(pair.key_pem)}}],
+        "contexts": [{"name": "transkube-dev",
+                      "context": {"cluster": "transkube-dev", "user": user, "namespace": "default"}}],
         "current-context": "transkube-dev",
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -180,7 +183,8 @@ class LocalCluster:
             ip_addresses=("127.0.0.1", "::1", "10.96.0.1"),
         ).write(pki_dir, "apiserver")
         kubelet_client_crt, kubelet_client_key = ca.issue(
-            "kube-apiserver-kubelet-client", ("system:masters",), client=True).write(pki_dir, "apiserver-kubelet-client")
+            "kube-apiserver-kubelet-client", ("system:masters",), client=True,
+        ).write(pki_dir, "apiserver-kubelet-client")
         sa_key, sa_pub = pki.service_account_signing_key()
         (pki_dir / "sa.key").write_bytes(sa_key)
         (pki_dir / "sa.pub").write_bytes(sa_pub)

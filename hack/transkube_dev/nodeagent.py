@@ -125,7 +125,7 @@ def resource_field_ref(pod: Obj, container_name: str | None, ref: Obj, node: Nod
         raw = resources.get("limits", {}).get(res)
     if raw is None:  # limits default to the node's allocatable
         raw = node.cpu if res == "cpu" else node.memory if res == "memory" else "0"
-    divisor = parse_quantity(ref.get("divisor", "1"))
+    divisor = parse_quantity(ref.get("divisor") or "1") or 1.0  # the API server stores an unset divisor as "0"
     return str(math.ceil(parse_quantity(raw) / divisor))
 
 
@@ -380,10 +380,13 @@ class NodeAgent:
             try:
                 volumes = self.materialise_volumes(run)
                 envs = {c.name: self.container_env(run, c.spec) for c in run.containers}
-            except ConfigError as exc:
+            except (ConfigError, ApiError) as exc:
+                # Like the kubelet, keep retrying: a missing Secret may appear later, and the Node
+                # authorizer learns of a pod's binding a moment after the pod reaches us.
+                config_error = isinstance(exc, ConfigError)
                 for c in run.containers:
-                    c.waiting = ("CreateContainerConfigError", str(exc))
-                run.retry_config_at = time.monotonic() + 3
+                    c.waiting = ("CreateContainerConfigError" if config_error else "ContainerCreating", str(exc))
+                run.retry_config_at = time.monotonic() + (3 if config_error else 0.5)
                 self.patch_status(run, "Pending")
                 return
             run.retry_config_at = None
@@ -503,12 +506,12 @@ class NodeAgent:
             else:
                 kind = "configmaps" if "configMapKeyRef" in vf else "secrets"
                 ref = vf.get("configMapKeyRef") or vf.get("secretKeyRef") or {}
-                data = self.read_keyed(run, kind, ref["name"], bool(ref.get("optional")))
-                if data is None or ref["key"] not in data:
+                found = self.read_keyed(run, kind, ref["name"], bool(ref.get("optional")))
+                if found is None or ref["key"] not in found:
                     if ref.get("optional"):
                         continue
                     raise ConfigError(f"couldn't find key {ref['key']} in {kind[:-1]} {run.namespace}/{ref['name']}")
-                env[name] = data[ref["key"]].decode()
+                env[name] = found[ref["key"]].decode()
         return env
 
     def spawn_container(self, run: PodRun, c: ContainerRun, volumes: dict[str, Path], pod_env: dict[str, str]) -> None:
@@ -601,47 +604,46 @@ class NodeAgent:
             run.lock.release()
 
     def _reap(self, run: PodRun) -> None:
-        if True:
-            if run.finished or run.terminating:
-                return
-            if run.retry_config_at and time.monotonic() >= run.retry_config_at:
-                run.retry_config_at = None
-                self.pool.submit(self.guard, self.start_pod, run)
-                return
-            if not run.containers or any(c.proc is None and c.exit_code is None for c in run.containers):
-                return
-            deadline = run.pod["spec"].get("activeDeadlineSeconds")
-            if deadline and time.monotonic() - run.started_mono > int(deadline):
-                self.kill_containers(run, grace=0)
-                self.fail_pod(run, "DeadlineExceeded",
-                              f"Pod was active on the node longer than the specified deadline ({deadline}s)")
-                return
-            changed = False
-            policy = run.pod["spec"].get("restartPolicy", "Always")
-            for c in run.containers:
-                if c.restart_at is not None and time.monotonic() >= c.restart_at:
-                    c.restart_at = None
-                    c.restart_count += 1
-                    self.spawn_container(run, c, self.materialise_volumes(run), self.container_env(run, c.spec))
-                    changed = True
-                elif self.collect(c):
-                    changed = True
-                    if policy == "Always" or (policy == "OnFailure" and c.exit_code != 0):
-                        c.last_state = {"terminated": c.terminated()}
-                        c.restart_at = time.monotonic() + min(10.0, 1.0 * 2 ** min(c.restart_count, 4))
-            if not changed:
-                if time.monotonic() >= run.token_refresh_at:
-                    run.token_refresh_at = time.monotonic() + TOKEN_SECONDS * 0.8
-                    self.pool.submit(self.guard, self.materialise_volumes, run)
-                return
-            if all(c.exit_code is not None and c.restart_at is None for c in run.containers):
-                phase = "Succeeded" if all(c.exit_code == 0 for c in run.containers) else "Failed"
-                run.finished = True
-                self.patch_status(run, phase)
-                log.info("pod %s/%s %s", run.namespace, run.name, phase)
-                self.cleanup_volumes(run)
-            else:
-                self.patch_status(run, "Running")
+        if run.finished or run.terminating:
+            return
+        if run.retry_config_at and time.monotonic() >= run.retry_config_at:
+            run.retry_config_at = None
+            self.pool.submit(self.guard, self.start_pod, run)
+            return
+        if not run.containers or any(c.proc is None and c.exit_code is None for c in run.containers):
+            return
+        deadline = run.pod["spec"].get("activeDeadlineSeconds")
+        if deadline and time.monotonic() - run.started_mono > int(deadline):
+            self.kill_containers(run, grace=0)
+            self.fail_pod(run, "DeadlineExceeded",
+                          f"Pod was active on the node longer than the specified deadline ({deadline}s)")
+            return
+        changed = False
+        policy = run.pod["spec"].get("restartPolicy", "Always")
+        for c in run.containers:
+            if c.restart_at is not None and time.monotonic() >= c.restart_at:
+                c.restart_at = None
+                c.restart_count += 1
+                self.spawn_container(run, c, self.materialise_volumes(run), self.container_env(run, c.spec))
+                changed = True
+            elif self.collect(c):
+                changed = True
+                if policy == "Always" or (policy == "OnFailure" and c.exit_code != 0):
+                    c.last_state = {"terminated": c.terminated()}
+                    c.restart_at = time.monotonic() + min(10.0, 1.0 * 2 ** min(c.restart_count, 4))
+        if not changed:
+            if time.monotonic() >= run.token_refresh_at:
+                run.token_refresh_at = time.monotonic() + TOKEN_SECONDS * 0.8
+                self.pool.submit(self.guard, self.materialise_volumes, run)
+            return
+        if all(c.exit_code is not None and c.restart_at is None for c in run.containers):
+            phase = "Succeeded" if all(c.exit_code == 0 for c in run.containers) else "Failed"
+            run.finished = True
+            self.patch_status(run, phase)
+            log.info("pod %s/%s %s", run.namespace, run.name, phase)
+            self.cleanup_volumes(run)
+        else:
+            self.patch_status(run, "Running")
 
     def kill_containers(self, run: PodRun, grace: float) -> None:
         live = [c for c in run.containers if c.proc is not None and c.exit_code is None]
@@ -707,7 +709,8 @@ class NodeAgent:
         run.phase = phase
         now = now_rfc3339()
         running = phase == "Running"
-        ready_reason = None if running else ("PodCompleted" if phase in ("Succeeded", "Failed") else "ContainersNotReady")
+        finished = phase in ("Succeeded", "Failed")
+        ready_reason = None if running else ("PodCompleted" if finished else "ContainersNotReady")
         existing = {c["type"]: c for c in run.pod.get("status", {}).get("conditions", []) or []}
 
         def cond(kind: str, ok: bool, why: str | None = None) -> Obj:

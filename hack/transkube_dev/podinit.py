@@ -14,35 +14,39 @@ import sys
 from pathlib import Path
 
 
-def _mount(source: str, target: str, read_only: bool) -> None:
-    src, tgt = Path(source), Path(target)
-    if src.is_dir():
+def _mount(source_fd: int, source_is_dir: bool, target: str, read_only: bool) -> None:
+    tgt = Path(target)
+    if source_is_dir:
         tgt.mkdir(parents=True, exist_ok=True)
     else:
         tgt.parent.mkdir(parents=True, exist_ok=True)
         if not tgt.exists():
             # Mount point stub: bind mounts need an existing target of the same kind.
             tgt.touch()
-    subprocess.run(["mount", "--bind", source, target], check=True)
+    subprocess.run(["mount", "--bind", f"/proc/self/fd/{source_fd}", target], check=True, pass_fds=(source_fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
 
 
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    termination_log = spec.get("terminationLog")
+    # Open everything on the host side first: a mount at /tmp would otherwise hide sources (and the
+    # termination log) that live under the host's /tmp from the steps after it.
+    term_fd = os.open(spec["terminationLog"], os.O_WRONLY | os.O_APPEND)
     try:
+        mounts = sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts))
+        pinned = [(os.open(m["source"], os.O_PATH), Path(m["source"]).is_dir()) for m in mounts]
         # Parents before children, so a mount inside another mount's path lands on top of it.
-        for m in sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts)):
-            _mount(m["source"], m["target"], bool(m.get("readOnly")))
+        for m, (fd, is_dir) in zip(mounts, pinned, strict=True):
+            _mount(fd, is_dir, m["target"], bool(m.get("readOnly")))
+            os.close(fd)
         os.chdir(spec["cwd"])
         argv: list[str] = spec["argv"]
         os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 (argv from the pod spec, no shell)
     except (OSError, subprocess.CalledProcessError) as exc:
         message = f"container start failed: {exc}"
         print(message, file=sys.stderr, flush=True)
-        if termination_log:
-            Path(termination_log).write_text(message)
+        os.write(term_fd, message.encode())
         return 128
     return 0  # unreachable: exec does not return
 
