@@ -553,12 +553,12 @@ class NodeAgent:
         spec_file = c.dir / "spec.json"
         spec_file.write_text(json.dumps({"argv": argv, "env": env, "mounts": mounts,
                                          "cwd": c.spec.get("workingDir") or env["HOME"],
-                                         "terminationLog": str(term_log)}))
+                                         "terminationLog": str(term_log), "hostname": run.name[:63]}))
         init_env = {"PATH": env["PATH"], "PYTHONPATH": self.hack_dir, procs.CLUSTER_ID_ENV: self.cfg.cluster_id}
         with open(c.log_path, "ab") as out:
             c.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "transkube_dev.podinit",
-                 str(spec_file)],
+                ["unshare", "--mount", "--uts", "--propagation", "private",
+                 sys.executable, "-m", "transkube_dev.podinit", str(spec_file)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=init_env,
                 start_new_session=True,
             )

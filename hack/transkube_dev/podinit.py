@@ -1,4 +1,4 @@
-"""Runs inside a fresh mount namespace (started under `unshare --mount --propagation private`):
+"""Runs inside a fresh mount namespace (started under `unshare --mount --uts --propagation private`):
 bind-mounts the pod's volumes at their mount paths, then execs the container's command.
 
 The spec file is written by the node agent; the exec replaces this process, so the PID the agent holds
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def main(spec_path: str) -> int:
         for m, (fd, is_dir) in zip(mounts, pinned, strict=True):
             _mount(fd, is_dir, m["target"], bool(m.get("readOnly")))
             os.close(fd)
+        socket.sethostname(spec["hostname"])  # own UTS namespace: the pod's name, as in a container
         os.chdir(spec["cwd"])
         argv: list[str] = spec["argv"]
         os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 (argv from the pod spec, no shell)

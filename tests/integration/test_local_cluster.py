@@ -42,7 +42,7 @@ def pods_of(kube: Kube, namespace: str, job_name: str) -> list[Obj]:
 
 
 def test_job_completes_through_the_job_controller(kube: Kube, namespace: str, kubectl: Callable[..., Any]) -> None:
-    kube.create(f"/apis/batch/v1/namespaces/{namespace}/jobs", job("hello", "echo hello from $HOSTNAME"))
+    kube.create(f"/apis/batch/v1/namespaces/{namespace}/jobs", job("hello", "echo hello from $HOSTNAME on $(hostname)"))
     done = wait_for("Job Complete", lambda: job_condition(
         kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/hello"), "Complete"))
     assert done["reason"] == "CompletionsReached"
@@ -52,7 +52,7 @@ def test_job_completes_through_the_job_controller(kube: Kube, namespace: str, ku
     assert state["exitCode"] == 0 and state["reason"] == "Completed"
     # kubectl logs goes API server -> node agent's kubelet endpoint.
     logs = kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
-    assert logs.strip() == f"hello from {pod['metadata']['name']}"
+    assert logs.strip() == f"hello from {pod['metadata']['name']} on {pod['metadata']['name']}"
 
 
 def test_failing_job_is_retried_then_fails_after_backoff_limit(kube: Kube, namespace: str) -> None:
