@@ -21,7 +21,8 @@ command -v go >/dev/null || { echo "[install] Go >= 1.25 is required to build th
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Editable installs map top-level packages found at install time: reinstall when that set changes too.
+stamp=".venv/.installed-$( (cat pyproject.toml; ls -d operator/*/ worker_image/*/ api_shim/*/) | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "[install] pip install -e .[dev]" >&2
   .venv/bin/pip install -q --upgrade pip

@@ -1,0 +1,44 @@
+"""Names of the API and the facts every component shares about it."""
+
+from __future__ import annotations
+
+# A DNS name the project owns, so the group can never collide with another vendor's CRDs.
+GROUP = "media.transkube.dev"
+VERSION = "v1alpha1"
+KIND = "TranscodeJob"
+PLURAL = "transcodejobs"
+SINGULAR = "transcodejob"
+SHORT_NAME = "tj"
+CATEGORY = "transkube"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Labels and annotations we own.
+PREFIX = "transkube.dev"
+LABEL_JOB = f"{PREFIX}/transcodejob"
+LABEL_ACCELERATOR = f"{PREFIX}/accelerator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "transkube-operator"
+WORKER_CONTAINER = "worker"
+
+
+class ExitCode:
+    """The worker's exit codes, one per failure class; podFailurePolicy keys off them."""
+
+    OK = 0
+    INVALID_INPUT = 10  # corrupt or undecodable input: retrying cannot help
+    INPUT_NOT_FOUND = 11  # the input object does not exist: retrying cannot help
+    UNSUPPORTED = 12  # the spec asks for something this worker/ffmpeg cannot do
+    TRANSIENT = 20  # storage/network trouble, or SIGTERM: a retry may succeed
+    INTERNAL = 30  # a bug or an unexpected ffmpeg failure: counted against retryLimit
+
+    PERMANENT = (INVALID_INPUT, INPUT_NOT_FOUND, UNSUPPORTED)
+
+
+# Failure reasons the worker reports in its termination message, by exit code.
+REASON_BY_EXIT_CODE = {
+    ExitCode.INVALID_INPUT: "InvalidInput",
+    ExitCode.INPUT_NOT_FOUND: "InputNotFound",
+    ExitCode.UNSUPPORTED: "Unsupported",
+    ExitCode.TRANSIENT: "TransientError",
+    ExitCode.INTERNAL: "InternalError",
+}

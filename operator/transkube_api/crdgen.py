@@ -1,0 +1,160 @@
+"""Generates the TranscodeJob CRD from the pydantic models: `python -m transkube_api.crdgen --write`.
+
+pydantic emits JSON Schema 2020-12; Kubernetes wants a structural OpenAPI v3.0 schema, so refs are
+inlined, nullable unions collapsed, titles dropped and exclusive bounds rewritten. A unit test fails when
+the files in crds/ and the chart drift from what this produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from .constants import CATEGORY, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION
+from .models import IMMUTABLE_EXCEPT, TranscodeJobSpec, TranscodeJobStatus
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = f"{PLURAL}.{GROUP}.yaml"
+CRD_PATHS = (REPO / "crds" / CRD_FILE, REPO / "charts" / "transkube" / "crds" / CRD_FILE)
+
+_DROP = {"title", "additionalProperties", "$defs"}
+
+
+def to_openapi(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """One JSON Schema node -> a structural OpenAPI v3 node."""
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[1]]
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        return to_openapi({**target, **extra}, defs)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b != {"type": "null"}]
+        if len(branches) != 1:
+            raise ValueError(f"unions other than Optional[X] have no structural schema: {node}")
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if rest.get("default", 0) is None:
+            del rest["default"]
+        return to_openapi({**branches[0], **rest}, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or (key == "default" and value is None):
+            continue
+        if key == "properties":
+            out[key] = {name: to_openapi(prop, defs) for name, prop in value.items()}
+        elif key == "items":
+            out[key] = to_openapi(value, defs)
+        elif key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[bound] = value
+            out[key] = True
+        else:
+            out[key] = value
+    if "properties" in out:
+        out.setdefault("type", "object")
+    if "enum" in out and "type" not in out:
+        kinds = {type(v) for v in out["enum"]}
+        out["type"] = "integer" if kinds == {int} else "string"
+    return out
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return to_openapi(raw, raw.get("$defs", {}))
+
+
+def immutability_rules() -> list[dict[str, str]]:
+    """Transition rules: after creation only suspend and cancel may change, and cancel only to true."""
+    clauses = []
+    schema = TranscodeJobSpec.model_json_schema(by_alias=True)
+    required = set(schema.get("required", []))
+    for name, prop in schema["properties"].items():
+        if name in IMMUTABLE_EXCEPT:
+            continue
+        always_present = name in required or prop.get("default") is not None
+        if always_present:
+            clauses.append(f"self.{name} == oldSelf.{name}")
+        else:
+            clauses.append(f"has(self.{name}) == has(oldSelf.{name}) && "
+                           f"(!has(self.{name}) || self.{name} == oldSelf.{name})")
+    return [
+        {"rule": " && ".join(clauses),
+         "message": f"spec is immutable after creation, except {' and '.join(IMMUTABLE_EXCEPT)}"},
+        {"rule": "!oldSelf.cancel || self.cancel", "message": "cancel cannot be undone", "fieldPath": ".cancel"},
+    ]
+
+
+def crd() -> dict[str, Any]:
+    spec_schema = model_schema(TranscodeJobSpec)
+    spec_schema["description"] = "What to transcode: the input, the outputs and how to run. Yours to write."
+    spec_schema["x-kubernetes-validations"] = immutability_rules()
+    status_schema = model_schema(TranscodeJobStatus)
+    status_schema["description"] = "Where the job stands, written by the operator (and progress by the worker)."
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+        {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "description": "Percent done."},
+        {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Estimated time left."},
+        {"name": "Stage", "type": "string", "jsonPath": ".status.progress.stage", "priority": 1,
+         "description": "Worker stage."},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1,
+         "description": "Why it failed, if it did."},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "transkube"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": [SHORT_NAME], "categories": ["all", CATEGORY]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A TranscodeJob turns one input video in S3-compatible storage into one or more "
+                                   "outputs by running FFmpeg in a Kubernetes Job.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+                        "kind": {"type": "string", "description": "Kind of this object."},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                        "status": status_schema,
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated from operator/transkube_api/models.py by `python -m transkube_api.crdgen --write`.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="write the CRD files instead of printing")
+    args = parser.parse_args(argv)
+    text = render()
+    if not args.write:
+        sys.stdout.write(text)
+        return 0
+    for path in CRD_PATHS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

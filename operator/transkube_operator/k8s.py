@@ -1,0 +1,114 @@
+"""The operator's I/O against the Kubernetes API (official client); no decisions here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from transkube_api.constants import API_VERSION, GROUP, KIND, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+
+from .reconcile import CreateJob, DeleteJob, Event, SetJobSuspend
+
+log = logging.getLogger("transkube.operator")
+Obj = dict[str, Any]
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None):
+        self.api = api or client.ApiClient()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+
+    def _plain(self, obj: Any) -> Obj:
+        return dict(self.api.sanitize_for_serialization(obj))
+
+    def get_tj(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def owned_jobs(self, namespace: str, owner: str, owner_uid: str) -> list[Obj]:
+        items = self.batch.list_namespaced_job(namespace, label_selector=f"{LABEL_JOB}={owner}").items
+        jobs = [self._plain(j) for j in items]
+        return [j for j in jobs if any(r.get("uid") == owner_uid for r in j["metadata"].get("ownerReferences") or [])]
+
+    def worker_pods(self, namespace: str, owner: str) -> list[Obj]:
+        selector = f"{LABEL_JOB}={owner},{LABEL_MANAGED_BY}={MANAGED_BY}"
+        return [self._plain(p) for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items]
+
+    def patch_status(self, namespace: str, name: str, patch: Obj) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
+
+    def apply(self, namespace: str, owner_uid: str, action: CreateJob | DeleteJob | SetJobSuspend) -> None:
+        if isinstance(action, CreateJob):
+            self.create_job(namespace, owner_uid, action.manifest)
+        elif isinstance(action, DeleteJob):
+            try:
+                # Foreground: the Job goes only after its pods, so a cancel really stops the work.
+                self.batch.delete_namespaced_job(action.name, namespace, propagation_policy="Foreground")
+                log.info("deleted Job %s/%s", namespace, action.name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        else:
+            # This client sends PATCH bodies as JSON Patch by default.
+            self.batch.patch_namespaced_job(action.name, namespace,
+                                            [{"op": "replace", "path": "/spec/suspend", "value": action.suspend}])
+
+    def create_job(self, namespace: str, owner_uid: str, manifest: Obj) -> None:
+        name = manifest["metadata"]["name"]
+        try:
+            self.batch.create_namespaced_job(namespace, manifest)
+            log.info("created Job %s/%s", namespace, name)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            # Already there (a retried reconcile, or an operator restart): adopt it if it is ours.
+            existing = self._plain(self.batch.read_namespaced_job(name, namespace))
+            refs = existing["metadata"].get("ownerReferences") or []
+            if not any(r.get("uid") == owner_uid for r in refs):
+                raise RuntimeError(f"Job {namespace}/{name} exists but is not owned by this TranscodeJob") from e
+
+    def ensure_worker_rbac(self, objects: list[Obj]) -> None:
+        """Creates what is missing; never overwrites what a platform team put there."""
+        for obj in objects:
+            ns = obj["metadata"]["namespace"]
+            try:
+                if obj["kind"] == "ServiceAccount":
+                    self.core.create_namespaced_service_account(ns, obj)
+                elif obj["kind"] == "Role":
+                    self.rbac.create_namespaced_role(ns, obj)
+                else:
+                    self.rbac.create_namespaced_role_binding(ns, obj)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+
+    def post_event(self, tj: Obj, event: Event) -> None:
+        meta = tj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "reason": event.reason, "message": event.message[:1024], "type": event.type,
+            "source": {"component": MANAGED_BY}, "reportingComponent": MANAGED_BY,
+            "reportingInstance": MANAGED_BY, "action": event.reason,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as e:  # events are best effort
+            log.warning("could not post event %s: %s", event.reason, e.reason)
