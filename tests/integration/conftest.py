@@ -93,3 +93,59 @@ def job_condition(job: Obj, kind: str) -> Obj | None:
         if cond["type"] == kind and cond["status"] == "True":
             return dict(cond)
     return None
+
+
+# ---- the product, installed into the local cluster ------------------------------------------------
+
+GROUP, VERSION, PLURAL = "media.transkube.dev", "v1alpha1", "transcodejobs"
+OPERATOR_NS = "transkube-system"
+
+
+@pytest.fixture(scope="session")
+def helm(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str]]:
+    _, binary = tools.ensure_kubectl_helm()
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binary), f"--kubeconfig={cluster.kubeconfig}", *args], check=check,
+                              capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> str:
+    """Installs the Helm chart (CRDs, RBAC, operator Deployment); the node agent runs the operator pod."""
+    from transkube_dev import procs
+
+    assert cluster.s3 is not None
+    chart = Path(__file__).resolve().parents[2] / "charts" / "transkube"
+    helm("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
+         "--set", f"storage.endpoint={cluster.s3.endpoint}",
+         "--set", f"operator.livenessPort={procs.free_port()}", "--set", f"operator.metricsPort={procs.free_port()}",
+         "--set", "worker.progressIntervalSeconds=0.5", "--set", "worker.terminationGracePeriodSeconds=10",
+         "--wait", "--timeout", "120s")
+    wait_for("operator pod running", lambda: any(
+        p["status"].get("phase") == "Running" for p in kube.get(
+            f"/api/v1/namespaces/{OPERATOR_NS}/pods", labelSelector="app.kubernetes.io/component=operator")["items"]))
+    return OPERATOR_NS
+
+
+@pytest.fixture
+def tj_namespace(namespace: str, kube: Kube, cluster: ClusterState, operator: str) -> str:
+    """A namespace that enforces Pod Security "restricted" and holds the default storage Secret."""
+    assert cluster.s3 is not None
+    kube.merge_patch(f"/api/v1/namespaces/{namespace}",
+                     {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    kube.create(f"/api/v1/namespaces/{namespace}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "transkube-storage"},
+        "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key, "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}})
+    return namespace
+
+
+def tj_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def phase_of(kube: Kube, namespace: str, name: str) -> str | None:
+    return (kube.get(tj_path(namespace, name)).get("status") or {}).get("phase")

@@ -1,0 +1,247 @@
+"""The operator's decisions, without a cluster: Job manifests and reconcile plans from object states."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from transkube_api.constants import ExitCode
+from transkube_api.models import TranscodeJobSpec
+from transkube_operator import conditions
+from transkube_operator.config import OperatorConfig
+from transkube_operator.jobspec import Owner, build_job, job_name, worker_rbac
+from transkube_operator.reconcile import CreateJob, DeleteJob, SetJobSuspend, plan
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+CFG = OperatorConfig(s3_endpoint="http://127.0.0.1:9000")
+SPEC: dict[str, Any] = {
+    "input": {"uri": "s3://media/in.mp4"},
+    "outputs": [{"name": "web", "uri": "s3://media/out.mp4", "container": "mp4",
+                 "video": {"codec": "h264", "resolution": "720p"}}],
+}
+
+
+def tj(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": "movie", "namespace": "media", "uid": "uid-1", "generation": generation,
+                         "creationTimestamp": "2026-11-21T11:00:00Z"},
+            "spec": {**SPEC, **(spec or {})}, "status": status or {}}
+
+
+def job(name: str = "movie", *, conditions_: list[dict[str, Any]] | None = None, suspend: bool = False,
+        created: str = "2026-11-21T11:59:00Z", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "creationTimestamp": created, "ownerReferences": [{"uid": "uid-1"}]},
+            "spec": {"suspend": suspend}, "status": {"conditions": conditions_ or [], **status}}
+
+
+def pod(name: str, phase: str, job_name_: str = "movie", created: str = "2026-11-21T11:59:01Z",
+        exit_code: int | None = None, message: str = "", unschedulable: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [{"name": "worker", "state": {"terminated": {
+            "exitCode": exit_code, "message": message}}}]
+    if unschedulable:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": unschedulable}]
+    return {"metadata": {"name": name, "creationTimestamp": created, "labels": {"job-name": job_name_}},
+            "spec": {"nodeName": "node-a"}, "status": status}
+
+
+def cond(obj_status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in obj_status.get("conditions", []) if c["type"] == kind), None)
+
+
+def test_new_transcodejob_creates_its_job_and_goes_pending() -> None:
+    p = plan(tj(), [], [], CFG, NOW)
+    assert p.phase == "Pending"
+    (action,) = p.actions
+    assert isinstance(action, CreateJob)
+    assert action.manifest["metadata"]["name"] == "movie"
+    assert p.status_patch["jobName"] == "movie"
+    assert p.status_patch["observedGeneration"] == 1
+    assert cond(p.status_patch, "Reconciling")["status"] == "True"  # type: ignore[index]
+    assert cond(p.status_patch, "Succeeded")["status"] == "Unknown"  # type: ignore[index]
+    assert [e.reason for e in p.events] == ["JobCreated"]
+
+
+def test_repeating_a_reconcile_with_the_same_state_patches_nothing() -> None:
+    first = plan(tj(), [job()], [pod("movie-a", "Running")], CFG, NOW)
+    settled = tj(status={**first.status_patch})
+    again = plan(settled, [job()], [pod("movie-a", "Running")], CFG, NOW + dt.timedelta(seconds=30))
+    assert again.status_patch == {}
+    assert again.events == []
+
+
+def test_running_then_succeeded_keeps_transition_times_only_on_flips() -> None:
+    running = plan(tj(status={"phase": "Pending"}), [job(active=1)], [pod("movie-a", "Running")], CFG, NOW)
+    assert running.phase == "Running"
+    assert [e.reason for e in running.events] == ["Started"]
+    later = NOW + dt.timedelta(minutes=5)
+    done = plan(tj(status=running.status_patch), [job(succeeded=1, conditions_=[
+        {"type": "Complete", "status": "True"}])], [pod("movie-a", "Succeeded")], CFG, later)
+    assert done.phase == "Succeeded"
+    ready = cond(done.status_patch, "Ready")
+    assert ready is not None and ready["status"] == "True"
+    assert ready["lastTransitionTime"] == "2026-11-21T12:05:00Z"
+    assert cond(done.status_patch, "Reconciling") is None
+    assert done.status_patch["completionTime"] == "2026-11-21T12:05:00Z"
+
+
+def test_failure_reason_comes_from_the_workers_termination_message() -> None:
+    message = json.dumps({"reason": "InputNotFound", "message": "s3://media/in.mp4 does not exist"})
+    failed_job = job(failed=1, conditions_=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}])
+    p = plan(tj(status={"phase": "Running"}), [failed_job],
+             [pod("movie-a", "Failed", exit_code=ExitCode.INPUT_NOT_FOUND, message=message)], CFG, NOW)
+    assert p.phase == "Failed"
+    assert (p.status_patch["reason"], p.status_patch["message"]) == ("InputNotFound", "s3://media/in.mp4 does not exist")
+    stalled = cond(p.status_patch, "Stalled")
+    assert stalled is not None and stalled["reason"] == "InputNotFound"
+    assert [e.type for e in p.events] == ["Warning"]
+
+
+def test_failure_without_a_message_falls_back_to_the_exit_code_class() -> None:
+    failed_job = job(failed=3, conditions_=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    pods = [pod(f"movie-{i}", "Failed", created=f"2026-11-21T11:59:0{i}Z", exit_code=ExitCode.TRANSIENT)
+            for i in range(3)]
+    p = plan(tj(status={"phase": "Running", "attempts": 3}), [failed_job], pods, CFG, NOW)
+    assert p.status_patch["reason"] == "TransientError"
+
+
+def test_deadline_exceeded_is_reported_as_such() -> None:
+    failed_job = job(conditions_=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                   "message": "Job was active longer than specified deadline"}])
+    p = plan(tj(status={"phase": "Running"}), [failed_job], [], CFG, NOW)
+    assert p.status_patch["reason"] == "DeadlineExceeded"
+
+
+def test_a_new_attempt_emits_a_retrying_event() -> None:
+    pods = [pod("movie-a", "Failed", exit_code=137, created="2026-11-21T11:59:01Z"),
+            pod("movie-b", "Running", created="2026-11-21T11:59:30Z")]
+    p = plan(tj(status={"phase": "Running", "attempts": 1}), [job(active=1, failed=1)], pods, CFG, NOW)
+    assert p.status_patch["attempts"] == 2
+    (retry,) = [e for e in p.events if e.reason == "Retrying"]
+    assert "attempt 2 of 3" in retry.message
+
+
+def test_cancel_deletes_the_job_and_is_final() -> None:
+    p = plan(tj({"cancel": True}, {"phase": "Running"}), [job(active=1)], [], CFG, NOW)
+    assert p.phase == "Cancelled"
+    assert p.actions == [DeleteJob("movie")]
+    assert cond(p.status_patch, "Succeeded")["reason"] == "Cancelled"  # type: ignore[index]
+    # Terminal phases are sticky: a TTL-deleted Job is never recreated.
+    done = plan(tj(status={"phase": "Succeeded"}), [], [], CFG, NOW)
+    assert done.phase == "Succeeded" and done.actions == []
+
+
+def test_suspend_maps_to_job_suspend_and_back() -> None:
+    p = plan(tj({"suspend": True}, {"phase": "Running"}), [job(active=1)], [], CFG, NOW)
+    assert p.phase == "Suspended"
+    assert p.actions == [SetJobSuspend("movie", True)]
+    resumed = plan(tj({"suspend": False}, {"phase": "Suspended"}), [job(suspend=True)], [], CFG, NOW)
+    assert resumed.actions == [SetJobSuspend("movie", False)]
+    assert [e.reason for e in resumed.events] == ["Resumed"]
+
+
+def test_gpu_job_falls_back_to_cpu_after_the_timeout() -> None:
+    spec = {"accelerator": {"type": "nvidia", "fallback": "cpu", "fallbackAfterSeconds": 60}}
+    stuck = pod("movie-a", "Pending", unschedulable="0/2 nodes are available: Insufficient nvidia.com/gpu")
+    early = plan(tj(spec, {"phase": "Pending"}), [job(created="2026-11-21T11:59:30Z")], [stuck], CFG, NOW)
+    assert early.actions == []
+    assert early.status_patch["reason"] == "Unschedulable"
+    late = plan(tj(spec, {"phase": "Pending"}), [job(created="2026-11-21T11:58:00Z")], [stuck], CFG, NOW)
+    delete, create = late.actions
+    assert delete == DeleteJob("movie")
+    assert isinstance(create, CreateJob) and create.manifest["metadata"]["name"] == "movie-cpu"
+    assert "nodeSelector" not in create.manifest["spec"]["template"]["spec"]
+    assert late.status_patch["accelerator"]["effective"] == "cpu"
+    assert [e.reason for e in late.events] == ["FallbackToCPU"]
+
+
+def test_wait_policy_never_falls_back() -> None:
+    spec = {"accelerator": {"type": "nvidia", "fallback": "wait", "fallbackAfterSeconds": 10}}
+    stuck = pod("movie-a", "Pending", unschedulable="Insufficient nvidia.com/gpu")
+    p = plan(tj(spec, {"phase": "Pending"}), [job(created="2026-11-20T00:00:00Z")], [stuck], CFG, NOW)
+    assert p.actions == []
+
+
+def test_invalid_spec_fails_with_the_field_named() -> None:
+    bad = tj({"outputs": [{"name": "o", "uri": "s3://media/o.webm", "container": "webm",
+                           "video": {"codec": "h264"}}]})
+    p = plan(bad, [], [], CFG, NOW)
+    assert p.phase == "Failed" and p.actions == []
+    assert p.status_patch["reason"] == "InvalidSpec"
+    assert "spec.outputs.0" in p.status_patch["message"]
+
+
+def test_conditions_keep_transition_time_while_status_is_unchanged() -> None:
+    first = conditions.merge([], conditions.wanted("Running", "Running", None), 1, "T1")
+    second = conditions.merge(first, conditions.wanted("Running", "Running", None), 2, "T2")
+    assert {c["lastTransitionTime"] for c in second} == {"T1"}
+    assert {c["observedGeneration"] for c in second} == {2}
+
+
+# ---- the Job manifest ---------------------------------------------------------------------------
+
+OWNER = Owner(name="movie", namespace="media", uid="uid-1")
+
+
+def test_job_manifest_is_owned_restricted_and_fails_fast_on_bad_input() -> None:
+    manifest = build_job(OWNER, TranscodeJobSpec.model_validate({**SPEC, "retryLimit": 4, "deadlineSeconds": 600}),
+                         CFG, "cpu")
+    spec = manifest["spec"]
+    assert manifest["metadata"]["ownerReferences"][0] | {} == {
+        "apiVersion": "media.transkube.dev/v1alpha1", "kind": "TranscodeJob", "name": "movie", "uid": "uid-1",
+        "controller": True, "blockOwnerDeletion": True}
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (4, 600)
+    assert spec["ttlSecondsAfterFinished"] == CFG.ttl_seconds_after_finished
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In",
+                                                             "values": [10, 11, 12]}}
+    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    pod_spec = spec["template"]["spec"]
+    assert pod_spec["restartPolicy"] == "Never"
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod_spec["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert TranscodeJobSpec.model_validate_json(env["TRANSKUBE_SPEC"]).outputs[0].name == "web"
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
+    assert container["envFrom"] == [{"secretRef": {"name": "transkube-storage", "optional": True}}]
+    assert "nodeSelector" not in pod_spec and "tolerations" not in pod_spec
+
+
+def test_gpu_job_gets_selector_toleration_and_gpu_limit() -> None:
+    spec = TranscodeJobSpec.model_validate({**SPEC, "accelerator": {"type": "nvidia"},
+                                            "input": {"uri": "s3://media/in.mp4",
+                                                      "credentialsSecretRef": {"name": "my-s3"}}})
+    pod_spec = build_job(OWNER, spec, CFG, "nvidia")["spec"]["template"]["spec"]
+    assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod_spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    (container,) = pod_spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["envFrom"] == [{"secretRef": {"name": "my-s3"}}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRANSKUBE_ACCELERATOR"] == "nvidia"
+    assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"]
+
+
+def test_job_names_are_deterministic_and_fit() -> None:
+    assert job_name("movie", "cpu", "cpu") == "movie"
+    assert job_name("movie", "cpu", "nvidia") == "movie-cpu"
+    long = "x" * 63
+    assert job_name(long, "cpu", "cpu") == job_name(long, "cpu", "cpu")
+    assert len(job_name(long, "cpu", "nvidia")) <= 52
+    assert job_name(long, "cpu", "cpu") != job_name(long, "cpu", "nvidia")
+
+
+def test_worker_rbac_grants_only_status_writes() -> None:
+    sa, role, binding = worker_rbac("media", CFG)
+    assert sa["kind"] == "ServiceAccount"
+    assert role["rules"] == [
+        {"apiGroups": ["media.transkube.dev"], "resources": ["transcodejobs"], "verbs": ["get"]},
+        {"apiGroups": ["media.transkube.dev"], "resources": ["transcodejobs/status"], "verbs": ["get", "patch"]},
+    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "transkube-worker", "namespace": "media"}]
