@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any
@@ -25,8 +26,10 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
 
-    def _plain(self, obj: Any) -> Obj:
-        return dict(self.api.sanitize_for_serialization(obj))
+    @staticmethod
+    def _raw(response: Any) -> Obj:
+        """The API server's own JSON (RFC 3339 strings stay strings), from a _preload_content=False call."""
+        return dict(json.loads(response.data))
 
     def get_tj(self, namespace: str, name: str) -> Obj | None:
         try:
@@ -37,13 +40,14 @@ class Kube:
             raise
 
     def owned_jobs(self, namespace: str, owner: str, owner_uid: str) -> list[Obj]:
-        items = self.batch.list_namespaced_job(namespace, label_selector=f"{LABEL_JOB}={owner}").items
-        jobs = [self._plain(j) for j in items]
+        jobs = self._raw(self.batch.list_namespaced_job(
+            namespace, label_selector=f"{LABEL_JOB}={owner}", _preload_content=False))["items"]
         return [j for j in jobs if any(r.get("uid") == owner_uid for r in j["metadata"].get("ownerReferences") or [])]
 
     def worker_pods(self, namespace: str, owner: str) -> list[Obj]:
         selector = f"{LABEL_JOB}={owner},{LABEL_MANAGED_BY}={MANAGED_BY}"
-        return [self._plain(p) for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items]
+        return list(self._raw(self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False))["items"])
 
     def patch_status(self, namespace: str, name: str, patch: Obj) -> None:
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
@@ -73,7 +77,7 @@ class Kube:
             if e.status != 409:
                 raise
             # Already there (a retried reconcile, or an operator restart): adopt it if it is ours.
-            existing = self._plain(self.batch.read_namespaced_job(name, namespace))
+            existing = self._raw(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
             refs = existing["metadata"].get("ownerReferences") or []
             if not any(r.get("uid") == owner_uid for r in refs):
                 raise RuntimeError(f"Job {namespace}/{name} exists but is not owned by this TranscodeJob") from e
