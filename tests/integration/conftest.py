@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,26 +113,35 @@ def helm(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str
     return run
 
 
+@dataclass(frozen=True)
+class InstalledOperator:
+    namespace: str
+    liveness_port: int
+    metrics_port: int
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> str:
+def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> InstalledOperator:
     """Installs the Helm chart (CRDs, RBAC, operator Deployment); the node agent runs the operator pod."""
     from transkube_dev import procs
 
     assert cluster.s3 is not None
+    installed = InstalledOperator(OPERATOR_NS, procs.free_port(), procs.free_port())
     chart = Path(__file__).resolve().parents[2] / "charts" / "transkube"
     helm("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
          "--set", f"storage.endpoint={cluster.s3.endpoint}",
-         "--set", f"operator.livenessPort={procs.free_port()}", "--set", f"operator.metricsPort={procs.free_port()}",
+         "--set", f"operator.livenessPort={installed.liveness_port}",
+         "--set", f"operator.metricsPort={installed.metrics_port}",
          "--set", "worker.progressIntervalSeconds=0.5", "--set", "worker.terminationGracePeriodSeconds=10",
          "--wait", "--timeout", "120s")
     wait_for("operator pod running", lambda: any(
         p["status"].get("phase") == "Running" for p in kube.get(
             f"/api/v1/namespaces/{OPERATOR_NS}/pods", labelSelector="app.kubernetes.io/component=operator")["items"]))
-    return OPERATOR_NS
+    return installed
 
 
 @pytest.fixture
-def tj_namespace(namespace: str, kube: Kube, cluster: ClusterState, operator: str) -> str:
+def tj_namespace(namespace: str, kube: Kube, cluster: ClusterState, operator: InstalledOperator) -> str:
     """A namespace that enforces Pod Security "restricted" and holds the default storage Secret."""
     assert cluster.s3 is not None
     kube.merge_patch(f"/api/v1/namespaces/{namespace}",

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from transkube_dev.cluster import ClusterState
 from transkube_dev.kube import ApiError, Kube, Obj
 from transkube_dev.nodeagent_config import CPU_NODE, GPU_NODE
 
-from .conftest import OPERATOR_NS, job_condition, phase_of, tj_path, wait_for
+from .conftest import OPERATOR_NS, InstalledOperator, job_condition, phase_of, tj_path, wait_for
 
 BUCKET = "transkube"
 
@@ -357,3 +358,23 @@ def test_gpu_job_falls_back_to_cpu_when_no_gpu_node_fits(kube: Kube, tj_namespac
     nodes = {p["spec"].get("nodeName") for p in pods_of(kube, ns, "fallback")
              if p["metadata"]["labels"].get("transkube.dev/accelerator") == "cpu"}
     assert nodes == {CPU_NODE.name}
+
+
+def test_operator_serves_metrics_liveness_and_json_logs(operator: InstalledOperator, tj_namespace: str, kube: Kube,
+                                                       s3: Any, media: dict[str, Path],
+                                                       kubectl: Callable[..., Any]) -> None:
+    ns = tj_namespace
+    kube.create(tj_path(ns), tj("metered", upload(s3, media["short"])))
+    wait_phase(kube, ns, "metered", ("Succeeded", "Failed"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'transkube_transcodejobs{phase="Succeeded"}' in text
+    assert "transkube_transcodejob_duration_seconds_bucket" in text
+    assert "transkube_reconcile_errors_total" in text
+    logs = kubectl("logs", "-n", operator.namespace, "deploy/transkube-operator").stdout.splitlines()
+    records = [json.loads(line) for line in logs if line.startswith("{")]
+    assert records, "operator logs are JSON lines"
+    assert any((r.get("object") or {}).get("name") == "metered" and (r.get("object") or {}).get("namespace") == ns
+               for r in records), "per-object log lines name the TranscodeJob"

@@ -93,7 +93,8 @@ def test_failure_reason_comes_from_the_workers_termination_message() -> None:
     p = plan(tj(status={"phase": "Running"}), [failed_job],
              [pod("movie-a", "Failed", exit_code=ExitCode.INPUT_NOT_FOUND, message=message)], CFG, NOW)
     assert p.phase == "Failed"
-    assert (p.status_patch["reason"], p.status_patch["message"]) == ("InputNotFound", "s3://media/in.mp4 does not exist")
+    assert p.status_patch["reason"] == "InputNotFound"
+    assert p.status_patch["message"] == "s3://media/in.mp4 does not exist"
     stalled = cond(p.status_patch, "Stalled")
     assert stalled is not None and stalled["reason"] == "InputNotFound"
     assert [e.type for e in p.events] == ["Warning"]
