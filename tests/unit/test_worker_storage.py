@@ -1,0 +1,138 @@
+"""The pure parts of storage: URI parsing, failure classification (constructed botocore errors), checksums."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+from s3transfer.exceptions import RetriesExceededError
+from transkube_api.constants import ExitCode
+from transkube_api.models import S3_URI_PATTERN
+from transkube_worker.errors import Terminated
+from transkube_worker.storage import (
+    S3_URI,
+    S3Location,
+    classify_s3_error,
+    make_client,
+    parse_s3_uri,
+    sha256_file,
+    transfer_config,
+)
+
+
+def client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:
+    response: Any = {"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, operation)
+
+
+def test_parse_s3_uri() -> None:
+    assert parse_s3_uri("s3://my-bucket/a/b/c.mp4") == S3Location("my-bucket", "a/b/c.mp4")
+    assert parse_s3_uri("s3://bkt/key with/ümlaut.mov".replace(" ", "_")).key == "key_with/ümlaut.mov"
+    assert S3Location("b1", "k/x.mp4").uri == "s3://b1/k/x.mp4"
+
+
+@pytest.mark.parametrize("uri", ["s3://b/k", "http://bucket/key", "s3://bucket", "s3://bucket/", "s3://Bucket/key",
+                                 "s3://bucket/has space"])
+def test_parse_s3_uri_rejects(uri: str) -> None:
+    with pytest.raises(ValueError, match="not an s3"):
+        parse_s3_uri(uri)
+
+
+@pytest.mark.parametrize("uri", ["s3://b1/k", "s3://my.bucket-1/a/b.mp4", "s3://b/k", "s3://bucket/", "s3://x-/k",
+                                 "s3://bucket/a b", "s3://bucket/ok/ü.mp4", "s3://" + "b" * 64 + "/k"])
+def test_uri_regex_agrees_with_the_api_model(uri: str) -> None:
+    assert bool(S3_URI.match(uri)) == bool(re.match(S3_URI_PATTERN, uri))
+
+
+def _class(exc: BaseException, operation: str = "download") -> tuple[int, str]:
+    err = classify_s3_error(exc, operation=operation, uri="s3://b/k")  # type: ignore[arg-type]
+    return err.exit_code, err.reason
+
+
+@pytest.mark.parametrize("exc", [client_error("NoSuchKey", 404), client_error("404", 404, "HeadObject"),
+                                 client_error("NoSuchBucket", 404), client_error("", 404)])
+def test_missing_input_is_input_not_found(exc: ClientError) -> None:
+    assert _class(exc) == (ExitCode.INPUT_NOT_FOUND, "InputNotFound")
+
+
+@pytest.mark.parametrize("exc", [client_error("AccessDenied", 403), client_error("403", 403, "HeadObject"),
+                                 client_error("InvalidAccessKeyId", 403), client_error("SignatureDoesNotMatch", 403),
+                                 NoCredentialsError()])
+@pytest.mark.parametrize("operation", ["download", "upload"])
+def test_denied_is_permanent_storage_access_denied(exc: BaseException, operation: str) -> None:
+    assert _class(exc, operation) == (ExitCode.UNSUPPORTED, "StorageAccessDenied")
+    assert ExitCode.UNSUPPORTED in ExitCode.PERMANENT
+
+
+@pytest.mark.parametrize("exc", [
+    client_error("SlowDown", 503), client_error("InternalError", 500), client_error("ServiceUnavailable", 503),
+    client_error("RequestTimeout", 400), client_error("", 502), client_error("Whatever", 429),
+    EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+    ConnectTimeoutError(endpoint_url="http://x"), ReadTimeoutError(endpoint_url="http://x"),
+    RetriesExceededError(last_exception=ValueError("stream")),
+])
+@pytest.mark.parametrize("operation", ["download", "upload"])
+def test_network_5xx_throttling_are_transient(exc: BaseException, operation: str) -> None:
+    assert _class(exc, operation) == (ExitCode.TRANSIENT, "TransientError")
+
+
+def test_output_bucket_missing_is_permanent() -> None:
+    assert _class(client_error("NoSuchBucket", 404, "PutObject"), "upload") == (ExitCode.UNSUPPORTED,
+                                                                                 "OutputBucketNotFound")
+
+
+def test_other_errors_are_internal() -> None:
+    assert _class(client_error("InvalidArgument", 400)) == (ExitCode.INTERNAL, "InternalError")
+    assert _class(ValueError("boom")) == (ExitCode.INTERNAL, "InternalError")
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert _class(full) == (ExitCode.INTERNAL, "InternalError")
+    assert "full" in classify_s3_error(full, operation="download", uri="s3://b/k").message
+
+
+def test_wrapped_client_errors_are_found_through_the_exception_chain() -> None:
+    # boto3's upload wrapper raises S3UploadFailedError inside `except ClientError` (implicit __context__).
+    try:
+        try:
+            raise client_error("AccessDenied", 403, "PutObject")
+        except ClientError as inner:
+            raise S3UploadFailedError(f"Failed to upload: {inner}")  # noqa: B904 - what boto3 itself does
+    except S3UploadFailedError as outer:
+        assert _class(outer, "upload") == (ExitCode.UNSUPPORTED, "StorageAccessDenied")
+
+
+def test_a_signal_during_a_transfer_stays_terminated() -> None:
+    err = Terminated("stopped by SIGTERM")
+    assert classify_s3_error(err, operation="upload", uri="s3://b/k") is err
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = b"x" * (3 * 1024 * 1024 + 5)
+    path.write_bytes(data)
+    assert sha256_file(path, chunk_size=1024 * 1024) == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_transfer_config_thresholds() -> None:
+    config = transfer_config()
+    assert config.multipart_threshold == 16 * 1024 * 1024
+    assert transfer_config(multipart_threshold=5 * 1024 * 1024).multipart_threshold == 5 * 1024 * 1024
+
+
+def test_client_uses_path_style_and_env_region() -> None:
+    client = make_client({"AWS_REGION": "eu-west-3", "AWS_MAX_ATTEMPTS": "2"})
+    assert client.meta.region_name == "eu-west-3"
+    config: Any = client.meta.config
+    assert config.s3 == {"addressing_style": "path"}
+    assert config.retries == {"mode": "standard", "total_max_attempts": 2}
