@@ -42,3 +42,9 @@ REASON_BY_EXIT_CODE = {
     ExitCode.TRANSIENT: "TransientError",
     ExitCode.INTERNAL: "InternalError",
 }
+
+# Reasons the worker reports beyond the exit-code classes, so the shim and the operator name them alike.
+REASON_TERMINATED = "Terminated"  # SIGTERM (cancel, suspend, eviction): exit TRANSIENT
+REASON_STORAGE_ACCESS_DENIED = "StorageAccessDenied"  # credentials refused: exit UNSUPPORTED (a retry can't help)
+REASON_OUTPUT_BUCKET_NOT_FOUND = "OutputBucketNotFound"  # exit UNSUPPORTED
+REASON_TRANSCODEJOB_DELETED = "TranscodeJobDeleted"  # the CR vanished mid-run: exit TRANSIENT

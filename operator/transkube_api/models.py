@@ -78,6 +78,8 @@ class VideoSpec(ApiModel):
         ("!(has(self.crf) && has(self.bitrate))", "crf and bitrate are mutually exclusive", ".crf"),
         ("!(has(self.resolution) && (has(self.width) || has(self.height)))",
          "resolution and width/height are mutually exclusive", ".resolution"),
+        ("!(self.codec in ['h264', 'h265']) || !has(self.crf) || self.crf <= 51",
+         "crf must be at most 51 for h264 and h265", ".crf"),
         ("!(self.codec in ['copy', 'none']) || !(has(self.width) || has(self.height) || has(self.resolution) || "
          "has(self.crf) || has(self.bitrate) || has(self.preset) || has(self.fps) || has(self.pixelFormat))",
          "codec copy/none takes no encoding settings", ".codec"),
@@ -108,6 +110,8 @@ class VideoSpec(ApiModel):
             raise ValueError("crf and bitrate are mutually exclusive")
         if self.resolution is not None and (self.width is not None or self.height is not None):
             raise ValueError("resolution and width/height are mutually exclusive")
+        if self.codec in ("h264", "h265") and self.crf is not None and self.crf > 51:
+            raise ValueError("crf must be at most 51 for h264 and h265")
         settings = (self.width, self.height, self.resolution, self.crf, self.bitrate, self.preset, self.fps,
                     self.pixel_format)
         if self.codec in ("copy", "none") and any(v is not None for v in settings):

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import json
 
-from transkube_api.constants import REASON_BY_EXIT_CODE, ExitCode
+from transkube_api.constants import (
+    REASON_BY_EXIT_CODE,
+    REASON_STORAGE_ACCESS_DENIED,
+    REASON_TERMINATED,
+    REASON_TRANSCODEJOB_DELETED,
+    ExitCode,
+)
 
 # Kubernetes keeps up to 4 KiB of termination message; we stay well below so it is never cut mid-JSON.
 TERMINATION_MESSAGE_LIMIT = 1024
@@ -47,7 +53,7 @@ class StorageDenied(Unsupported):
     class closest in meaning ("this job's spec points at storage this worker cannot use"); the reason says what
     actually happened."""
 
-    reason_override = "StorageAccessDenied"
+    reason_override = REASON_STORAGE_ACCESS_DENIED
 
 
 class Transient(WorkerError):
@@ -57,13 +63,13 @@ class Transient(WorkerError):
 class Terminated(Transient):
     """SIGTERM/SIGINT: the pod is being deleted, evicted or suspended. Another attempt may run later."""
 
-    reason_override = "Terminated"
+    reason_override = REASON_TERMINATED
 
 
 class JobGone(Transient):
     """The TranscodeJob was deleted while we were working on it: stop, nobody wants the result."""
 
-    reason_override = "TranscodeJobDeleted"
+    reason_override = REASON_TRANSCODEJOB_DELETED
 
 
 class Internal(WorkerError):

@@ -37,6 +37,7 @@ from botocore.exceptions import (
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.futures import TransferFuture
 from s3transfer.subscribers import BaseSubscriber
+from transkube_api.constants import REASON_OUTPUT_BUCKET_NOT_FOUND
 
 from .errors import InputNotFound, Internal, StorageDenied, Transient, Unsupported, WorkerError
 
@@ -143,7 +144,7 @@ def classify_s3_error(exc: BaseException, *, operation: Literal["download", "upl
                 if operation == "download":
                     return InputNotFound(f"input {uri} does not exist ({code or status})")
                 if code == "NoSuchBucket":
-                    return Unsupported(f"the bucket of {uri} does not exist", reason="OutputBucketNotFound")
+                    return Unsupported(f"the bucket of {uri} does not exist", reason=REASON_OUTPUT_BUCKET_NOT_FOUND)
                 return Internal(f"unexpected not-found on {what}")
             if code in DENIED_CODES or status == 403:
                 return StorageDenied(f"storage refused {what}; check the credentials Secret")
