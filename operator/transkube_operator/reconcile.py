@@ -21,6 +21,8 @@ from .jobspec import Accelerator, Owner, build_job, job_name
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+# Why a job waits, shown in status.reason (and the wide Reason column) while Pending.
+PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff")
 OPERATOR_KEYS = ("observedGeneration", "phase", "reason", "message", "conditions", "attempts", "jobName",
                  "accelerator", "startTime", "completionTime")
 
@@ -207,8 +209,10 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     current = [p for p in job_pods if not p["metadata"].get("deletionTimestamp")
                and (p.get("status") or {}).get("phase") in ("Pending", "Running")]
     running = [p for p in current if p["status"].get("phase") == "Running"]
-    if running:
-        if old_phase != "Running":
+    # A worker that exited 0 keeps the job Running until the Job controller marks it Complete.
+    finishing = not current and any((p.get("status") or {}).get("phase") == "Succeeded" for p in job_pods)
+    if running or finishing:
+        if old_phase != "Running" and running:
             pod = running[0]
             events.append(Event("Normal", "Started",
                                 f"worker pod {pod['metadata']['name']} running on {pod['spec'].get('nodeName')}"))
@@ -216,6 +220,9 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
                        None, now_s)
 
     reason, message = "Pending", "waiting for the worker pod to start"
+    previous = last_failure(job_pods)
+    if not current and previous:
+        reason, message = "RetryBackoff", f"attempt {attempts} failed ({previous[0]}: {previous[1]}); retrying"
     blocked = next((c for p in current if (c := _unschedulable(p))), None)
     if blocked:
         reason, message = "Unschedulable", str(blocked.get("message", ""))
@@ -248,8 +255,7 @@ def _finish(tj: Obj, p: Plan, desired: Obj, phase: str, reason: str | None, mess
             events_if_new: bool = False) -> Plan:
     status: Obj = tj.get("status") or {}
     desired["phase"] = phase
-    desired["reason"] = reason if phase in ("Failed", "Cancelled") or reason == "Unschedulable" or \
-        reason == "FallbackToCPU" else None
+    desired["reason"] = reason if phase in ("Failed", "Cancelled") or reason in PENDING_REASONS else None
     desired["message"] = message if desired["reason"] else None
     desired["conditions"] = conditions.merge(status.get("conditions") or [],
                                              conditions.wanted(phase, reason, message),

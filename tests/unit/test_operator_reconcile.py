@@ -246,3 +246,18 @@ def test_worker_rbac_grants_only_status_writes() -> None:
         {"apiGroups": ["media.transkube.dev"], "resources": ["transcodejobs/status"], "verbs": ["get", "patch"]},
     ]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "transkube-worker", "namespace": "media"}]
+
+
+def test_a_finished_worker_keeps_the_job_running_until_the_job_completes() -> None:
+    p = plan(tj(status={"phase": "Running"}), [job(succeeded=1)], [pod("movie-a", "Succeeded")], CFG, NOW)
+    assert p.phase == "Running"
+    assert p.events == []
+
+
+def test_between_attempts_the_job_is_pending_with_the_last_failure() -> None:
+    failed = pod("movie-a", "Failed", exit_code=ExitCode.TRANSIENT,
+                 message=json.dumps({"reason": "TransientError", "message": "S3 timed out"}))
+    p = plan(tj(status={"phase": "Running", "attempts": 1}), [job(failed=1)], [failed], CFG, NOW)
+    assert p.phase == "Pending"
+    assert p.status_patch["reason"] == "RetryBackoff"
+    assert "TransientError: S3 timed out" in p.status_patch["message"]
