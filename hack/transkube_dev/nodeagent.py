@@ -221,6 +221,8 @@ class NodeAgent:
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pod")
         self.hack_dir = str(Path(__file__).resolve().parent.parent)
+        # What pods run comes from here: the checkout (editable install) and the interpreter's prefix.
+        self.keep_paths = sorted({str(Path(self.hack_dir).parent), sys.prefix, sys.base_prefix})
 
     # ---- nodes ---------------------------------------------------------------------------------
     def node_status(self, spec: NodeSpec) -> Obj:
@@ -553,7 +555,8 @@ class NodeAgent:
         spec_file = c.dir / "spec.json"
         spec_file.write_text(json.dumps({"argv": argv, "env": env, "mounts": mounts,
                                          "cwd": c.spec.get("workingDir") or env["HOME"],
-                                         "terminationLog": str(term_log), "hostname": run.name[:63]}))
+                                         "terminationLog": str(term_log), "hostname": run.name[:63],
+                                         "keep": self.keep_paths}))
         init_env = {"PATH": env["PATH"], "PYTHONPATH": self.hack_dir, procs.CLUSTER_ID_ENV: self.cfg.cluster_id}
         with open(c.log_path, "ab") as out:
             c.proc = subprocess.Popen(

@@ -37,9 +37,18 @@ def main(spec_path: str) -> int:
     try:
         mounts = sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts))
         pinned = [(os.open(m["source"], os.O_PATH), Path(m["source"]).is_dir()) for m in mounts]
+        # Host paths the process needs (the repo and its venv, which run the container's command) must
+        # stay visible even when a volume is mounted over a parent, e.g. an emptyDir at /tmp while the
+        # checkout lives under /tmp.
+        keep = [(path, os.open(path, os.O_PATH)) for path in spec.get("keep", []) if Path(path).exists()]
         # Parents before children, so a mount inside another mount's path lands on top of it.
         for m, (fd, is_dir) in zip(mounts, pinned, strict=True):
             _mount(fd, is_dir, m["target"], bool(m.get("readOnly")))
+            os.close(fd)
+        for path, fd in keep:
+            seen, wanted = (Path(path).stat() if Path(path).exists() else None), os.fstat(fd)
+            if seen is None or (seen.st_dev, seen.st_ino) != (wanted.st_dev, wanted.st_ino):
+                _mount(fd, True, path, False)
             os.close(fd)
         socket.sethostname(spec["hostname"])  # own UTS namespace: the pod's name, as in a container
         os.chdir(spec["cwd"])
