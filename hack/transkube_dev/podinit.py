@@ -7,12 +7,24 @@ is the container's own process.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND = 1, 32, 4096
+
+
+def _sys_mount(source: str | None, target: str, flags: int) -> None:
+    # mount(2) directly: mount(8) would canonicalise /proc/self/fd/N into a path, and that path may by
+    # now resolve inside a volume mounted earlier.
+    src = source.encode() if source else None
+    if _libc.mount(src, target.encode(), None, ctypes.c_ulong(flags), None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
 def _mount(source_fd: int, source_is_dir: bool, target: str, read_only: bool) -> None:
@@ -24,9 +36,9 @@ def _mount(source_fd: int, source_is_dir: bool, target: str, read_only: bool) ->
         if not tgt.exists():
             # Mount point stub: bind mounts need an existing target of the same kind.
             tgt.touch()
-    subprocess.run(["mount", "--bind", f"/proc/self/fd/{source_fd}", target], check=True, pass_fds=(source_fd,))
+    _sys_mount(f"/proc/self/fd/{source_fd}", target, _MS_BIND)
     if read_only:
-        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
+        _sys_mount(None, target, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
 
 
 def main(spec_path: str) -> int:
@@ -54,7 +66,7 @@ def main(spec_path: str) -> int:
         os.chdir(spec["cwd"])
         argv: list[str] = spec["argv"]
         os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 (argv from the pod spec, no shell)
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except OSError as exc:
         message = f"container start failed: {exc}"
         print(message, file=sys.stderr, flush=True)
         os.write(term_fd, message.encode())
