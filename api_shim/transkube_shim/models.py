@@ -1,0 +1,177 @@
+"""The shim's request and response bodies. Job specs and statuses ARE the TranscodeJob models from
+transkube_api (the CRD is generated from them too); these only wrap them. The OpenAPI document is generated
+from this module."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+from transkube_api.models import (
+    NAME_PATTERN,
+    S3_URI_PATTERN,
+    AcceleratorSpec,
+    ApiModel,
+    AudioSpec,
+    ContainerFormat,
+    InputSpec,
+    ResourcesSpec,
+    TranscodeJobSpec,
+    TranscodeJobStatus,
+    VideoSpec,
+)
+
+StatusFilter = Literal["queued", "pending", "running", "suspended", "succeeded", "failed", "cancelled"]
+
+
+class Job(ApiModel):
+    """A TranscodeJob as the shim shows it: its name, spec and status (exactly the CR's)."""
+
+    name: str = Field(description="The TranscodeJob's name, unique within your tenant.")
+    uid: str = Field(description="Kubernetes UID of the TranscodeJob.")
+    created_at: str = Field(description="When it was created (RFC 3339).")
+    resource_version: str = Field(description="Changes on every update; SSE event ids use it.")
+    deleting: bool = Field(default=False, description="True once a delete was requested.")
+    retry_of: str | None = Field(default=None, description="The job this one retries, for jobs made by retry.")
+    spec: TranscodeJobSpec = Field(description="What to transcode (immutable except suspend/cancel).")
+    status: TranscodeJobStatus = Field(description="Where the job stands; empty until the operator sees it.")
+
+
+class JobList(ApiModel):
+    items: list[Job] = Field(description="Jobs, newest first.")
+    continue_: str | None = Field(default=None, alias="continue",
+                                  description="Pass as ?continue= for the next page; absent on the last page.")
+
+
+class ErrorDetail(ApiModel):
+    code: str = Field(description="Stable machine-readable code, such as validation_error or not_found.")
+    message: str = Field(description="Human-readable explanation.")
+    field: str | None = Field(default=None, description="The offending request field, when there is one.")
+
+
+class Error(ApiModel):
+    error: ErrorDetail = Field(description="What went wrong.")
+
+
+class OutputOverrides(ApiModel):
+    """Changes to a preset's output settings; video/audio are merged field by field into the preset's."""
+
+    container: ContainerFormat | None = Field(default=None, description="Replaces the preset's container.")
+    video: dict[str, object] | None = Field(default=None, description="Fields merged into the preset's video.")
+    audio: dict[str, object] | None = Field(default=None, description="Fields merged into the preset's audio.")
+
+
+class PresetJobRequest(ApiModel):
+    """A job with one output whose settings come from a TranscodePreset, plus optional overrides."""
+
+    input: InputSpec = Field(description="The source media.")
+    output_uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
+        description="Where the output is written, as s3://bucket/key.")
+    output_name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] | None = Field(
+        default=None, description="Name of the output; defaults to the preset's name.")
+    overrides: OutputOverrides | None = Field(default=None, description="Changes to the preset's settings.")
+    accelerator: AcceleratorSpec | None = Field(default=None, description="As in a TranscodeJob spec.")
+    resources: ResourcesSpec | None = Field(default=None, description="As in a TranscodeJob spec.")
+    retry_limit: Annotated[int, Field(ge=0, le=10)] | None = Field(default=None,
+                                                                   description="As in a TranscodeJob spec.")
+    deadline_seconds: Annotated[int, Field(ge=30, le=604800)] | None = Field(
+        default=None, description="As in a TranscodeJob spec.")
+
+
+class PresetSettings(ApiModel):
+    """The output settings a preset holds."""
+
+    container: ContainerFormat = Field(description="Container format.")
+    video: VideoSpec | None = Field(default=None, description="Video settings.")
+    audio: AudioSpec | None = Field(default=None, description="Audio settings.")
+
+
+class Preset(ApiModel):
+    name: str = Field(description="The TranscodePreset's name.")
+    spec: PresetSettings = Field(description="Its output settings.")
+
+
+class PresetList(ApiModel):
+    items: list[Preset] = Field(description="Presets installed in the cluster, by name.")
+
+
+class QueueStats(ApiModel):
+    queued: int = Field(description="Jobs waiting to start (phase Pending, or not yet seen by the operator).")
+    running: int = Field(description="Jobs running.")
+    suspended: int = Field(description="Jobs paused.")
+    succeeded: int = Field(description="Jobs that succeeded.")
+    failed: int = Field(description="Jobs that failed.")
+    cancelled: int = Field(description="Jobs cancelled.")
+    average_wait_seconds: float | None = Field(
+        default=None, description="Mean time from creation to start, over jobs that started.")
+    average_processing_seconds: float | None = Field(
+        default=None, description="Mean time from start to completion, over jobs that succeeded.")
+
+
+class DownloadUrl(ApiModel):
+    output: str = Field(description="The output's name.")
+    uri: str = Field(description="The output object, as s3://bucket/key.")
+    url: str = Field(description="A presigned GET URL.")
+    expires_at: str = Field(description="When the URL stops working (RFC 3339).")
+
+
+class UploadRequest(ApiModel):
+    filename: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
+        description="The file's name; it ends the object key.")
+    size: Annotated[int, Field(ge=1, le=5 * 1024**4)] | None = Field(
+        default=None, description="Total size in bytes, if known: the answer then says how many parts to send.")
+    part_size: Annotated[int, Field(ge=5 * 1024**2, le=5 * 1024**3)] | None = Field(
+        default=None, description="Bytes per part (every part but the last); at least 5 MiB, as S3 requires.")
+    content_type: Annotated[str, Field(max_length=255)] | None = Field(default=None,
+                                                                       description="The object's Content-Type.")
+
+
+class Upload(ApiModel):
+    upload_id: str = Field(description="Opaque id of this multipart upload.")
+    uri: str = Field(description="The object once completed, as s3://bucket/key: use it as a job's input.uri.")
+    part_size: int = Field(description="Bytes per part (every part but the last).")
+    part_count: int | None = Field(default=None, description="How many parts, when size was given.")
+    expires_at: str = Field(description="Unfinished uploads are aborted after this time (RFC 3339).")
+
+
+class PartUrlsRequest(ApiModel):
+    part_numbers: Annotated[list[Annotated[int, Field(ge=1, le=10000)]], Field(min_length=1, max_length=1000)] = \
+        Field(description="Which parts (1-based) to sign URLs for.")
+
+
+class PartUrl(ApiModel):
+    part_number: int = Field(description="1-based part number.")
+    url: str = Field(description="Presigned PUT URL for this part; keep the ETag header of the answer.")
+
+
+class PartUrls(ApiModel):
+    parts: list[PartUrl] = Field(description="One URL per requested part.")
+    expires_at: str = Field(description="When the URLs stop working (RFC 3339).")
+
+
+class CompletedPart(ApiModel):
+    part_number: Annotated[int, Field(ge=1, le=10000)] = Field(description="1-based part number.")
+    etag: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        description="The ETag header S3 returned for the part's PUT.")
+
+
+class CompleteUploadRequest(ApiModel):
+    parts: Annotated[list[CompletedPart], Field(min_length=1, max_length=10000)] = Field(
+        description="Every part, in any order.")
+
+
+class CompletedUpload(ApiModel):
+    uri: str = Field(description="The object, as s3://bucket/key.")
+    size_bytes: int | None = Field(default=None, description="Its size.")
+
+
+class Health(ApiModel):
+    status: Literal["ok", "unavailable"] = Field(description="ok when every check passed.")
+    checks: dict[str, str] = Field(default_factory=dict, description="Each check's result.")
+
+
+# Models that become components of the OpenAPI document, in order.
+COMPONENT_MODELS: tuple[type[ApiModel], ...] = (
+    TranscodeJobSpec, TranscodeJobStatus, Job, JobList, Error, PresetJobRequest, PresetList, QueueStats,
+    DownloadUrl, UploadRequest, Upload, PartUrlsRequest, PartUrls, CompleteUploadRequest, CompletedUpload, Health,
+)
