@@ -48,3 +48,19 @@ REASON_TERMINATED = "Terminated"  # SIGTERM (cancel, suspend, eviction): exit TR
 REASON_STORAGE_ACCESS_DENIED = "StorageAccessDenied"  # credentials refused: exit UNSUPPORTED (a retry can't help)
 REASON_OUTPUT_BUCKET_NOT_FOUND = "OutputBucketNotFound"  # exit UNSUPPORTED
 REASON_TRANSCODEJOB_DELETED = "TranscodeJobDeleted"  # the CR vanished mid-run: exit TRANSIENT
+
+# Input limits the worker enforces after probing (exit INVALID_INPUT, never retried). The operator passes the
+# limits to the worker as TRANSKUBE_MAX_* environment variables; docs/media.md lists the defaults.
+REASON_INPUT_TOO_LARGE = "InputTooLarge"  # the input object is bigger than maxInputBytes (checked before download)
+REASON_DURATION_LIMIT = "DurationLimitExceeded"
+REASON_RESOLUTION_LIMIT = "ResolutionLimitExceeded"
+REASON_TOO_MANY_STREAMS = "TooManyStreams"
+
+# Input limit defaults (worker env name, default). 0 means "no limit" for the byte sizes.
+LIMIT_DEFAULTS: dict[str, int] = {
+    "TRANSKUBE_MAX_INPUT_BYTES": 0,
+    "TRANSKUBE_MAX_DURATION_SECONDS": 24 * 3600,
+    "TRANSKUBE_MAX_PIXELS": 7680 * 4320,  # 8K UHD
+    "TRANSKUBE_MAX_STREAMS": 32,
+    "TRANSKUBE_MAX_OUTPUT_BYTES": 0,
+}

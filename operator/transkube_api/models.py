@@ -6,6 +6,8 @@ Field names are camelCase on the wire (Kubernetes convention) and snake_case in 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,8 +19,10 @@ BITRATE_PATTERN = r"^[1-9][0-9]*(\.[0-9]+)?[kM]$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
 VideoCodec = Literal["h264", "h265", "vp9", "av1", "copy", "none"]
-AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
-ContainerFormat = Literal["mp4", "webm", "mkv", "mov"]
+AudioCodec = Literal["aac", "opus", "mp3", "flac", "copy", "none"]
+ContainerFormat = Literal["mp4", "webm", "mkv", "mov", "m4a", "mp3", "ogg", "flac"]
+# Audio-only containers: an output in one of these has no video.
+AUDIO_CONTAINERS = ("m4a", "mp3", "ogg", "flac")
 Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 PixelFormat = Literal["yuv420p", "yuv420p10le", "yuv422p", "yuv444p"]
 NamedResolution = Literal["2160p", "1440p", "1080p", "720p", "480p", "360p", "240p"]
@@ -30,12 +34,18 @@ RESOLUTION_HEIGHTS: dict[str, int] = {"2160p": 2160, "1440p": 1440, "1080p": 108
 CONTAINER_CODECS: dict[str, dict[str, tuple[str, ...]]] = {
     "mp4": {"video": ("h264", "h265", "vp9", "av1", "copy", "none"), "audio": ("aac", "mp3", "opus", "copy", "none")},
     "mov": {"video": ("h264", "h265", "copy", "none"), "audio": ("aac", "mp3", "copy", "none")},
-    "mkv": {"video": ("h264", "h265", "vp9", "av1", "copy", "none"), "audio": ("aac", "mp3", "opus", "copy", "none")},
+    "mkv": {"video": ("h264", "h265", "vp9", "av1", "copy", "none"),
+            "audio": ("aac", "mp3", "opus", "flac", "copy", "none")},
     "webm": {"video": ("vp9", "av1", "copy", "none"), "audio": ("opus", "copy", "none")},
+    "m4a": {"video": ("none",), "audio": ("aac", "copy")},
+    "mp3": {"video": ("none",), "audio": ("mp3", "copy")},
+    "ogg": {"video": ("none",), "audio": ("opus", "flac", "copy")},
+    "flac": {"video": ("none",), "audio": ("flac", "copy")},
 }
 # What an output gets when it does not say.
 DEFAULT_CODECS: dict[str, tuple[str, str]] = {
     "mp4": ("h264", "aac"), "mov": ("h264", "aac"), "mkv": ("h264", "aac"), "webm": ("vp9", "opus"),
+    "m4a": ("none", "aac"), "mp3": ("none", "mp3"), "ogg": ("none", "opus"), "flac": ("none", "flac"),
 }
 
 
@@ -119,72 +129,382 @@ class VideoSpec(ApiModel):
         return self
 
 
-class AudioSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=_rules(
-        ("!(self.codec in ['copy', 'none']) || !(has(self.bitrate) || has(self.channels) || has(self.sampleRate))",
-         "codec copy/none takes no encoding settings", ".codec"),
-    ))
+@dataclass(frozen=True)
+class Rule:
+    """One constraint, stated twice from one place: as CEL for the API server and as a Python predicate for the
+    model validators (operator, worker, shim). `ok(model)` is True when the model satisfies the rule."""
 
-    codec: AudioCodec = Field(description="Audio codec: aac, opus, mp3, copy (no re-encode) or none (drop audio).")
+    cel: str
+    message: str
+    ok: Callable[[Any], bool]
+    field_path: str | None = None
+
+
+def _cel(rules: Sequence[Rule]) -> dict[str, Any]:
+    return _rules(*[(r.cel, r.message, r.field_path) if r.field_path else (r.cel, r.message) for r in rules])
+
+
+def _enforce(model: Any, rules: Sequence[Rule]) -> None:
+    for rule in rules:
+        if not rule.ok(model):
+            raise ValueError(rule.message)
+
+
+class LoudnessSpec(ApiModel):
+    integrated_lufs: Annotated[float, Field(ge=-70, le=-5)] = Field(
+        default=-23.0, description="Target integrated loudness in LUFS (EBU R128: -23; streaming services: -14..-16).")
+    true_peak_db: Annotated[float, Field(ge=-9, le=0)] = Field(
+        default=-1.0, description="Maximum true peak in dBTP.")
+    loudness_range: Annotated[float, Field(ge=1, le=20)] = Field(
+        default=7.0, description="Target loudness range (LRA) in LU.")
+
+
+AUDIO_RULES = (
+    Rule("!(self.codec in ['copy', 'none']) || !(has(self.bitrate) || has(self.channels) || has(self.sampleRate) "
+         "|| has(self.loudness))",
+         "codec copy/none takes no encoding settings",
+         lambda a: a.codec not in ("copy", "none") or all(
+             v is None for v in (a.bitrate, a.channels, a.sample_rate, a.loudness)), ".codec"),
+    Rule("self.codec != 'none' || !has(self.track)", "codec none takes no track",
+         lambda a: a.codec != "none" or a.track is None, ".track"),
+)
+
+
+class AudioSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(AUDIO_RULES))
+
+    codec: AudioCodec = Field(
+        description="Audio codec: aac, opus, mp3, flac, copy (no re-encode) or none (drop audio).")
     bitrate: Annotated[str, Field(max_length=12, pattern=BITRATE_PATTERN)] | None = Field(
         default=None, description="Audio bitrate such as 128k.")
-    channels: Annotated[int, Field(ge=1, le=8)] | None = Field(default=None, description="Channel count (2 = stereo).")
+    channels: Annotated[int, Field(ge=1, le=8)] | None = Field(
+        default=None, description="Channel count (2 = stereo); fewer channels than the input downmixes.")
     sample_rate: Literal[8000, 16000, 22050, 24000, 32000, 44100, 48000] | None = Field(
         default=None, description="Sample rate in Hz.")
+    track: Annotated[int, Field(ge=0, le=31)] | None = Field(
+        default=None, description="Which audio stream of the input to use, counting audio streams from 0; "
+                                  "unset means the first.")
+    loudness: LoudnessSpec | None = Field(
+        default=None, description="EBU R128 loudness normalisation (two-pass loudnorm: measure, then correct).")
 
     @model_validator(mode="after")
     def _copy_plain(self) -> AudioSpec:
-        settings = (self.bitrate, self.channels, self.sample_rate)
-        if self.codec in ("copy", "none") and any(v is not None for v in settings):
-            raise ValueError("codec copy/none takes no encoding settings")
+        _enforce(self, AUDIO_RULES)
         return self
 
 
-def _codec_rules() -> dict[str, Any]:
-    rules: list[tuple[str, str, str]] = []
+# ---- adaptive streaming ------------------------------------------------------------------------------
+
+StreamCodec = Literal["h264", "h265"]
+
+
+class RenditionSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_rules(
+        ("has(self.resolution) != has(self.height)", "a rendition needs exactly one of resolution and height"),
+    ))
+
+    resolution: NamedResolution | None = Field(
+        default=None, description="Named height of this rendition (e.g. 720p); the width keeps the aspect ratio.")
+    height: Annotated[int, Field(ge=16, le=4320, multiple_of=2)] | None = Field(
+        default=None, description="Height in pixels (even); the width keeps the aspect ratio.")
+    bitrate: Annotated[str, Field(max_length=12, pattern=BITRATE_PATTERN)] = Field(
+        description="Average video bitrate of this rendition, such as 2500k (peaks are capped at 1.5x).")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> RenditionSpec:
+        if (self.resolution is None) == (self.height is None):
+            raise ValueError("a rendition needs exactly one of resolution and height")
+        return self
+
+    @property
+    def pixel_height(self) -> int:
+        return RESOLUTION_HEIGHTS[self.resolution] if self.resolution else int(self.height or 0)
+
+
+class AutoLadderSpec(ApiModel):
+    max_renditions: Annotated[int, Field(ge=1, le=8)] = Field(
+        default=4, description="At most this many renditions, the highest that do not upscale the input.")
+
+
+STREAMING_RULES = (
+    Rule("!(has(self.renditions) && has(self.autoLadder))", "renditions and autoLadder are mutually exclusive",
+         lambda s: s.renditions is None or s.auto_ladder is None, ".renditions"),
+    Rule("!has(self.renditions) || self.renditions.all(r, self.renditions.exists_one(q, "
+         "(has(q.height) ? q.height : 0) == (has(r.height) ? r.height : 0) && "
+         "(has(q.resolution) ? q.resolution : '') == (has(r.resolution) ? r.resolution : '')))",
+         "rendition sizes must be unique",
+         lambda s: s.renditions is None or len({(r.height, r.resolution) for r in s.renditions}) == len(s.renditions),
+         ".renditions"),
+)
+
+
+class StreamingSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(STREAMING_RULES))
+
+    segment_seconds: Annotated[int, Field(ge=1, le=30)] = Field(
+        default=4, description="Segment length in seconds; keyframes are forced at every segment boundary in every "
+                               "rendition, so renditions switch cleanly.")
+    renditions: Annotated[list[RenditionSpec], Field(min_length=1, max_length=8)] | None = Field(
+        default=None, description="The ladder, highest first or in any order. Mutually exclusive with autoLadder; "
+                                  "with neither, the automatic ladder applies.")
+    auto_ladder: AutoLadderSpec | None = Field(
+        default=None, description="Derive the ladder from the probed input: never upscale, a fixed bitrate per "
+                                  "height (see docs/media.md), at most maxRenditions.")
+    codec: StreamCodec = Field(default="h264", description="Video codec of every rendition: h264 or h265.")
+    preset: Preset | None = Field(default=None, description="Encoder speed/efficiency trade-off (x264 names).")
+    also_hls: bool = Field(
+        default=False, description="For type dash: also write HLS playlists (master.m3u8) over the same CMAF "
+                                   "segments.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamingSpec:
+        _enforce(self, STREAMING_RULES)
+        return self
+
+
+# ---- images ------------------------------------------------------------------------------------------
+
+ImageFormat = Literal["jpeg", "webp"]
+
+
+class ThumbnailsSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_rules(
+        ("has(self.times) != has(self.intervalSeconds)", "thumbnails need exactly one of times and intervalSeconds"),
+    ))
+
+    times: Annotated[list[Annotated[float, Field(ge=0, le=86400)]], Field(min_length=1, max_length=100)] | None = \
+        Field(default=None, description="Take one image at each of these times (seconds from the start).")
+    interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] | None = Field(
+        default=None, description="Take one image every this many seconds, starting at 0.")
+    format: ImageFormat = Field(default="jpeg", description="Image format: jpeg or webp.")
+    width: Annotated[int, Field(ge=16, le=3840)] | None = Field(
+        default=None, description="Image width; with only one of width/height the other keeps the aspect ratio.")
+    height: Annotated[int, Field(ge=16, le=2160)] | None = Field(default=None, description="Image height.")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ThumbnailsSpec:
+        if (self.times is None) == (self.interval_seconds is None):
+            raise ValueError("thumbnails need exactly one of times and intervalSeconds")
+        return self
+
+
+class SpriteSpec(ApiModel):
+    interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = Field(
+        default=5.0, description="One tile every this many seconds.")
+    columns: Annotated[int, Field(ge=1, le=50)] = Field(default=10, description="Tiles per row of the sheet.")
+    tile_width: Annotated[int, Field(ge=32, le=640, multiple_of=2)] = Field(
+        default=160, description="Width of one tile in pixels; the height keeps the input's aspect ratio.")
+    format: ImageFormat = Field(default="jpeg", description="Image format of the sheet: jpeg or webp.")
+
+
+class PosterSpec(ApiModel):
+    time_seconds: Annotated[float, Field(ge=0, le=86400)] | None = Field(
+        default=None, description="When to take the frame; unset means at 10% of the input's duration.")
+    format: ImageFormat = Field(default="jpeg", description="Image format: jpeg or webp (the URI's extension "
+                                                            "is not checked).")
+    width: Annotated[int, Field(ge=16, le=7680)] | None = Field(
+        default=None, description="Image width; with only one of width/height the other keeps the aspect ratio.")
+    height: Annotated[int, Field(ge=16, le=4320)] | None = Field(default=None, description="Image height.")
+
+
+# ---- edits and filters -------------------------------------------------------------------------------
+
+TRIM_RULES = (
+    Rule("!(has(self.endSeconds) && has(self.durationSeconds))", "endSeconds and durationSeconds are mutually "
+         "exclusive", lambda t: t.end_seconds is None or t.duration_seconds is None, ".endSeconds"),
+    Rule("!has(self.endSeconds) || self.endSeconds > self.startSeconds", "endSeconds must be after startSeconds",
+         lambda t: t.end_seconds is None or t.end_seconds > t.start_seconds, ".endSeconds"),
+)
+
+
+class TrimSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(TRIM_RULES))
+
+    start_seconds: Annotated[float, Field(ge=0, le=86400)] = Field(
+        default=0.0, description="Start of the kept part, in seconds from the input's start (frame-accurate).")
+    end_seconds: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        default=None, description="End of the kept part (seconds from the input's start).")
+    duration_seconds: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        default=None, description="Length of the kept part; mutually exclusive with endSeconds.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrimSpec:
+        _enforce(self, TRIM_RULES)
+        return self
+
+    @property
+    def length(self) -> float | None:
+        if self.duration_seconds is not None:
+            return self.duration_seconds
+        if self.end_seconds is not None:
+            return self.end_seconds - self.start_seconds
+        return None
+
+
+WatermarkPosition = Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"]
+
+
+class WatermarkSpec(ApiModel):
+    uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
+        description="The watermark image (PNG with alpha, JPEG or WebP), as s3://bucket/key; read with the input's "
+                    "credentials.")
+    position: WatermarkPosition = Field(
+        default="bottom-right", description="top-left, top-right, bottom-left, bottom-right or center.")
+    scale: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.15, description="Watermark width as a fraction of the video's width (aspect ratio kept).")
+    opacity: Annotated[float, Field(ge=0, le=1)] = Field(default=0.8, description="0 (invisible) to 1 (opaque).")
+    margin: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=16, description="Distance from the edges in pixels (ignored for center).")
+
+
+ASPECT_PATTERN = r"^[1-9][0-9]{0,3}:[1-9][0-9]{0,3}$"
+
+
+class AspectSpec(ApiModel):
+    ratio: Annotated[str, Field(max_length=9, pattern=ASPECT_PATTERN)] = Field(
+        description="Target display aspect ratio such as 16:9, 1:1 or 9:16.")
+    mode: Literal["crop", "pad"] = Field(
+        default="crop", description="crop (center, cut the excess) or pad (letterbox/pillarbox in black).")
+
+
+class FiltersSpec(ApiModel):
+    deinterlace: bool = Field(default=False, description="Deinterlace (bwdif, one frame per frame).")
+    denoise: Literal["light", "medium", "strong"] | None = Field(
+        default=None, description="Spatio-temporal denoise (hqdn3d) strength.")
+    aspect: AspectSpec | None = Field(default=None, description="Crop or pad to a target aspect ratio.")
+    watermark: WatermarkSpec | None = Field(default=None, description="Overlay an image from S3.")
+
+
+OutputType = Literal["file", "hls", "dash", "thumbnails", "sprite", "poster"]
+PREFIX_TYPES = ("hls", "dash", "thumbnails", "sprite")  # multi-file outputs: the URI is a prefix ending in /
+STREAM_TYPES = ("hls", "dash")
+EDITABLE_TYPES = ("file", "hls", "dash")
+
+
+def _in(values: Sequence[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _codec_check(container: str, kind: str, allowed: tuple[str, ...]) -> Callable[[Any], bool]:
+    def ok(o: Any) -> bool:
+        spec = getattr(o, kind)
+        return bool(o.container != container or spec is None or spec.codec in allowed)
+    return ok
+
+
+def _output_rules() -> tuple[Rule, ...]:
+    rules: list[Rule] = []
     for container, kinds in CONTAINER_CODECS.items():
         for kind in ("video", "audio"):
-            allowed = ", ".join(f"'{c}'" for c in kinds[kind])
-            rules.append((
-                f"self.container != '{container}' || !has(self.{kind}) || self.{kind}.codec in [{allowed}]",
-                f"{container} cannot carry that {kind} codec; allowed: {', '.join(kinds[kind])}",
+            allowed = kinds[kind]
+            rules.append(Rule(
+                f"!has(self.container) || self.container != '{container}' || !has(self.{kind}) || "
+                f"self.{kind}.codec in {_in(allowed)}",
+                f"{container} cannot carry that {kind} codec; allowed: {', '.join(allowed)}",
+                _codec_check(container, kind, allowed),
                 f".{kind}.codec",
             ))
-    rules.append(("!(has(self.video) && self.video.codec == 'none' && has(self.audio) && self.audio.codec == 'none')",
-                  "an output needs video or audio", ".video.codec"))
-    return _rules(*rules)
+    rules += [
+        Rule("!(has(self.video) && self.video.codec == 'none' && has(self.audio) && self.audio.codec == 'none')",
+             "an output needs video or audio",
+             lambda o: not (o.video and o.video.codec == "none" and o.audio and o.audio.codec == "none"),
+             ".video.codec"),
+        Rule("self.type == 'file' ? has(self.container) : !has(self.container)",
+             "file outputs need a container; other output types take none",
+             lambda o: (o.type == "file") == (o.container is not None), ".container"),
+        Rule(f"(self.type in {_in(PREFIX_TYPES)}) == self.uri.endsWith('/')",
+             "hls, dash, thumbnails and sprite outputs take a URI prefix ending in /; file and poster outputs an "
+             "object key", lambda o: (o.type in PREFIX_TYPES) == o.uri.endswith("/"), ".uri"),
+        Rule(f"!has(self.streaming) || self.type in {_in(STREAM_TYPES)}", "streaming is only for hls and dash outputs",
+             lambda o: o.streaming is None or o.type in STREAM_TYPES, ".streaming"),
+        Rule("!has(self.streaming) || !self.streaming.alsoHls || self.type == 'dash'",
+             "streaming.alsoHls is only for dash outputs",
+             lambda o: o.streaming is None or not o.streaming.also_hls or o.type == "dash", ".streaming.alsoHls"),
+        Rule("has(self.thumbnails) == (self.type == 'thumbnails')", "thumbnails outputs need thumbnails, and only they",
+             lambda o: (o.thumbnails is not None) == (o.type == "thumbnails"), ".thumbnails"),
+        Rule("!has(self.sprite) || self.type == 'sprite'", "sprite is only for sprite outputs",
+             lambda o: o.sprite is None or o.type == "sprite", ".sprite"),
+        Rule("!has(self.poster) || self.type == 'poster'", "poster is only for poster outputs",
+             lambda o: o.poster is None or o.type == "poster", ".poster"),
+        Rule("!has(self.video) || self.type == 'file'", "video is only for file outputs (hls/dash use streaming)",
+             lambda o: o.video is None or o.type == "file", ".video"),
+        Rule(f"!has(self.audio) || self.type == 'file' || (self.type in {_in(STREAM_TYPES)} && "
+             "self.audio.codec in ['aac', 'none'])",
+             "hls/dash audio is aac or none; image outputs take no audio",
+             lambda o: o.audio is None or o.type == "file" or (o.type in STREAM_TYPES and o.audio.codec in
+                                                                ("aac", "none")), ".audio"),
+        Rule(f"!(has(self.trim) || has(self.filters)) || self.type in {_in(EDITABLE_TYPES)}",
+             "trim and filters are only for file, hls and dash outputs",
+             lambda o: (o.trim is None and o.filters is None) or o.type in EDITABLE_TYPES, ".trim"),
+        Rule(f"!has(self.filters) || ((!has(self.video) || !(self.video.codec in ['copy', 'none'])) && "
+             f"(!has(self.container) || !(self.container in {_in(AUDIO_CONTAINERS)})))",
+             "filters need re-encoded video",
+             lambda o: o.filters is None or ((o.video is None or o.video.codec not in ("copy", "none")) and
+                                             o.container not in AUDIO_CONTAINERS), ".filters"),
+    ]
+    return tuple(rules)
+
+
+OUTPUT_RULES = _output_rules()
 
 
 class OutputSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=_codec_rules())
+    model_config = ConfigDict(json_schema_extra=_cel(OUTPUT_RULES))
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] = Field(
         description="Name of this output, unique within the job; status.outputs uses it.")
     uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
-        description="Where the output object is written, as s3://bucket/key.")
-    container: ContainerFormat = Field(description="Container format: mp4, webm, mkv or mov.")
+        description="Where the output is written: s3://bucket/key for file and poster outputs, a prefix "
+                    "s3://bucket/path/ (ending in /) for hls, dash, thumbnails and sprite outputs.")
+    type: OutputType = Field(
+        default="file", description="file (one media file), hls or dash (an adaptive-streaming package of CMAF "
+                                    "segments), thumbnails, sprite (sheet + WebVTT storyboard) or poster (one "
+                                    "image).")
+    container: ContainerFormat | None = Field(
+        default=None, description="For file outputs (required): mp4, webm, mkv, mov, or audio-only m4a, mp3, ogg, "
+                                  "flac.")
     video: VideoSpec | None = Field(
-        default=None, description="Video settings; unset means the container's default codec (h264, vp9 for webm).")
+        default=None, description="Video settings of a file output; unset means the container's default codec "
+                                  "(h264, vp9 for webm, none for audio containers).")
     audio: AudioSpec | None = Field(
-        default=None, description="Audio settings; unset means the container's default codec (aac, opus for webm).")
+        default=None, description="Audio settings (file, hls, dash); unset means the container's default codec "
+                                  "(aac; opus for webm/ogg, mp3 for mp3, flac for flac).")
+    streaming: StreamingSpec | None = Field(
+        default=None, description="hls/dash: segment length, ladder (explicit or automatic), codec.")
+    thumbnails: ThumbnailsSpec | None = Field(default=None, description="thumbnails: when, format and size.")
+    sprite: SpriteSpec | None = Field(default=None, description="sprite: tile interval, layout, size and format.")
+    poster: PosterSpec | None = Field(default=None, description="poster: when, format and size.")
+    trim: TrimSpec | None = Field(default=None, description="Keep only part of the input (file, hls, dash).")
+    filters: FiltersSpec | None = Field(
+        default=None, description="Video filters applied before scaling (file, hls, dash): deinterlace, denoise, "
+                                  "aspect crop/pad, watermark.")
 
     @model_validator(mode="after")
     def _codecs_fit(self) -> OutputSpec:
-        for kind, spec in (("video", self.video), ("audio", self.audio)):
-            allowed = CONTAINER_CODECS[self.container][kind]
-            if spec is not None and spec.codec not in allowed:
-                raise ValueError(f"{self.container} cannot carry that {kind} codec; allowed: {', '.join(allowed)}")
-        if self.video and self.video.codec == "none" and self.audio and self.audio.codec == "none":
-            raise ValueError("an output needs video or audio")
+        _enforce(self, OUTPUT_RULES)
         return self
 
     @property
     def video_codec(self) -> str:
-        return self.video.codec if self.video else DEFAULT_CODECS[self.container][0]
+        if self.video:
+            return self.video.codec
+        if self.container:
+            return DEFAULT_CODECS[self.container][0]
+        if self.type in STREAM_TYPES:
+            return self.streaming.codec if self.streaming else "h264"
+        return "none"  # images: decoded frames, no video stream
 
     @property
     def audio_codec(self) -> str:
-        return self.audio.codec if self.audio else DEFAULT_CODECS[self.container][1]
+        if self.audio:
+            return self.audio.codec
+        if self.container:
+            return DEFAULT_CODECS[self.container][1]
+        return "aac" if self.type in STREAM_TYPES else "none"
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.type in PREFIX_TYPES
 
 
 class AcceleratorSpec(ApiModel):
@@ -218,7 +538,9 @@ class TranscodeJobSpec(ApiModel):
         description="What to produce: one or more outputs, all from one decode of the input.",
         json_schema_extra={
             "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
-            **_rules(("self.all(x, self.exists_one(y, y.uri == x.uri))", "output URIs must be unique")),
+            **_rules(("self.all(x, self.exists_one(y, y.uri == x.uri))", "output URIs must be unique"),
+                     ("self.all(x, self.all(y, x.name == y.name || !x.uri.endsWith('/') || !y.uri.startsWith(x.uri)))",
+                      "an output cannot be written under another output's URI prefix")),
         },
     )
     accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec,
@@ -240,7 +562,10 @@ class TranscodeJobSpec(ApiModel):
         uris = [o.uri for o in self.outputs]
         if len(set(uris)) != len(uris):
             raise ValueError("output URIs must be unique")
-        if self.input.uri in uris:
+        for x in self.outputs:
+            if x.is_prefix and any(y.name != x.name and y.uri.startswith(x.uri) for y in self.outputs):
+                raise ValueError("an output cannot be written under another output's URI prefix")
+        if self.input.uri in uris or any(o.is_prefix and self.input.uri.startswith(o.uri) for o in self.outputs):
             raise ValueError("an output cannot overwrite the input")
         return self
 
@@ -285,6 +610,18 @@ class InputFacts(ApiModel):
     bitrate: int | None = Field(default=None, description="Probed overall bitrate in bits/s.")
     size_bytes: int | None = Field(default=None, description="Input object size.")
     format_name: str | None = Field(default=None, description="Probed container format.")
+    stream_count: int | None = Field(default=None, description="Number of streams of all kinds.")
+    audio_streams: int | None = Field(default=None, description="Number of audio streams (audio.track counts "
+                                                                "these from 0).")
+    rotation: int | None = Field(default=None, description="Display rotation of the video in degrees "
+                                                           "(width/height above are as displayed, after it).")
+
+
+class RenditionResult(ApiModel):
+    width: int | None = Field(default=None, description="Probed width.")
+    height: int | None = Field(default=None, description="Probed height.")
+    bitrate: int | None = Field(default=None, description="Target video bitrate in bits/s.")
+    playlist: str | None = Field(default=None, description="Media playlist of this rendition (HLS), relative.")
 
 
 class OutputResult(ApiModel):
@@ -296,7 +633,15 @@ class OutputResult(ApiModel):
     audio_codec: str | None = Field(default=None, description="Probed audio codec.")
     width: int | None = Field(default=None, description="Probed width.")
     height: int | None = Field(default=None, description="Probed height.")
-    checksum: str | None = Field(default=None, description="sha256:<hex> of the object's bytes.")
+    checksum: str | None = Field(default=None, description="sha256:<hex> of the object's bytes (file and poster "
+                                                           "outputs).")
+    type: str | None = Field(default=None, description="The output's type, for other than file outputs.")
+    files: list[str] | None = Field(
+        default=None, description="Multi-file outputs: every object written, relative to the URI prefix.")
+    renditions: list[RenditionResult] | None = Field(
+        default=None, description="hls/dash: the renditions of the ladder, highest first.")
+    playlist: str | None = Field(
+        default=None, description="hls/dash: the entry point relative to the prefix (master.m3u8 or manifest.mpd).")
 
 
 class AcceleratorStatus(ApiModel):

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from transkube_api.constants import LIMIT_DEFAULTS
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -36,6 +38,8 @@ class OperatorConfig:
     gpu_runtime_class: str | None = None
     metrics_port: int = 9090
     liveness_port: int = 8080
+    # Input limits passed to every worker (TRANSKUBE_MAX_* env, same names in the operator and the worker).
+    limits: dict[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -61,4 +65,5 @@ class OperatorConfig:
             gpu_runtime_class=os.environ.get("TRANSKUBE_GPU_RUNTIME_CLASS") or None,
             metrics_port=int(_env("TRANSKUBE_METRICS_PORT", str(base.metrics_port))),
             liveness_port=int(_env("TRANSKUBE_LIVENESS_PORT", str(base.liveness_port))),
+            limits={name: int(_env(name, str(default))) for name, default in LIMIT_DEFAULTS.items()},
         )

@@ -85,6 +85,7 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
         {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108
         {"name": "HOME", "value": "/tmp"},  # noqa: S108
         {"name": "AWS_REGION", "value": cfg.s3_region},
+        *({"name": name, "value": str(value)} for name, value in sorted(cfg.limits.items())),
     ]
     if cfg.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": cfg.s3_endpoint})

@@ -333,7 +333,7 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which
                                   reason="ffmpeg/ffprobe not installed")
 
 FFPROBE_NAMES = {"h264": "h264", "h265": "hevc", "vp9": "vp9", "av1": "av1", "aac": "aac", "opus": "opus",
-                 "mp3": "mp3"}
+                 "mp3": "mp3", "flac": "flac"}
 
 
 @pytest.fixture(scope="module")
@@ -358,6 +358,8 @@ def _combos() -> list[tuple[str, str, str]]:
     for container, kinds in CONTAINER_CODECS.items():
         video = [c for c in kinds["video"] if c not in ("copy", "none")]
         audio = [c for c in kinds["audio"] if c not in ("copy", "none")]
+        if not video:
+            continue  # audio-only containers: tests/unit/test_worker_media_args.py
         # every video codec once (with the container's default audio) and every audio codec once
         default_audio = "opus" if container == "webm" else "aac"
         combos += [(container, v, default_audio) for v in video]

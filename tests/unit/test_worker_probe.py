@@ -62,6 +62,7 @@ def test_parse_mp4() -> None:
     assert facts.model_dump() == {
         "duration_seconds": 2.0, "width": 320, "height": 240, "video_codec": "h264", "audio_codec": "aac",
         "frame_rate": 25.0, "bitrate": 352700, "size_bytes": 88175, "format_name": "mov,mp4,m4a,3gp,3g2,mj2",
+        "stream_count": 2, "audio_streams": 1, "rotation": None,
     }
     assert facts.wire()["durationSeconds"] == 2.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from transkube_api.models import TranscodeJobSpec
 
 from .errors import Internal, Unsupported
+from .limits import InputLimits
 
 DEFAULT_PROGRESS_INTERVAL = 2.0
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
@@ -27,6 +28,7 @@ class WorkerConfig:
     scratch_dir: Path
     termination_log: Path
     status_writes: bool
+    limits: InputLimits = field(default_factory=InputLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
@@ -68,4 +70,5 @@ class WorkerConfig:
             scratch_dir=Path(scratch),
             termination_log=Path(env.get("TRANSKUBE_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG),
             status_writes=writes,
+            limits=InputLimits.from_env(env),
         )

@@ -11,10 +11,23 @@ One ffmpeg run produces every output, so the input is demuxed and decoded once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from transkube_api.models import RESOLUTION_HEIGHTS, InputFacts, OutputSpec, TranscodeJobSpec, VideoSpec
+from transkube_api.models import (
+    RESOLUTION_HEIGHTS,
+    AspectSpec,
+    AudioSpec,
+    FiltersSpec,
+    InputFacts,
+    LoudnessSpec,
+    OutputSpec,
+    TranscodeJobSpec,
+    VideoSpec,
+    WatermarkSpec,
+)
 
 from .errors import InvalidInput
 
@@ -22,13 +35,33 @@ Accelerator = Literal["cpu", "nvidia"]
 
 GLOBAL_ARGS = ("-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1", "-loglevel", "error")
 
-MUXERS: dict[str, str] = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}
-EXTENSIONS: dict[str, str] = {"mp4": ".mp4", "mov": ".mov", "mkv": ".mkv", "webm": ".webm"}
+MUXERS: dict[str, str] = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "m4a": "ipod",
+                          "mp3": "mp3", "ogg": "ogg", "flac": "flac"}
+EXTENSIONS: dict[str, str] = {"mp4": ".mp4", "mov": ".mov", "mkv": ".mkv", "webm": ".webm", "m4a": ".m4a",
+                              "mp3": ".mp3", "ogg": ".ogg", "flac": ".flac"}
+IMAGE_EXTENSIONS: dict[str, str] = {"jpeg": ".jpg", "webp": ".webp"}
 FASTSTART_CONTAINERS = frozenset({"mp4", "mov"})  # moov atom first: playable while still downloading
 
 CPU_VIDEO_ENCODERS: dict[str, str] = {"h264": "libx264", "h265": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
 NVENC_ENCODERS: dict[str, str] = {"h264": "h264_nvenc", "h265": "hevc_nvenc", "av1": "av1_nvenc"}
-AUDIO_ENCODERS: dict[str, str] = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
+AUDIO_ENCODERS: dict[str, str] = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame", "flac": "flac"}
+LOSSLESS_AUDIO = frozenset({"flac"})  # no bitrate to set
+
+# Demuxers an input may use. Everything that can reference other files or URLs (hls, dash, concat, image2
+# sequences, ffmetadata, tee, subtitles with includes...) is absent, so a crafted "video" cannot make ffmpeg read
+# the pod's service-account token or any other local file into an output. Names are matched per component of a
+# demuxer's name ("mov" matches "mov,mp4,m4a,3gp,3g2,mj2").
+INPUT_DEMUXERS = ("mov", "matroska", "avi", "flv", "mpegts", "mpeg", "mxf", "asf", "ogg", "wav", "w64", "aiff",
+                  "mp3", "aac", "ac3", "eac3", "flac", "dts", "truehd", "h264", "hevc", "m4v", "mpegvideo", "ivf",
+                  "obu", "av1", "nut", "dv", "gxf", "yuv4mpegpipe", "gif", "caf", "wv", "amr", "loas")
+# The watermark image: single-image demuxers only (never image2, whose names are patterns).
+IMAGE_DEMUXERS = ("png_pipe", "jpeg_pipe", "webp_pipe", "gif", "bmp_pipe")
+
+# hqdn3d luma_spatial:chroma_spatial:luma_tmp:chroma_tmp per strength (medium = the filter's defaults).
+DENOISE: dict[str, str] = {"light": "2:1.5:3:2.25", "medium": "4:3:6:4.5", "strong": "8:6:12:9"}
+CHANNEL_LAYOUTS: dict[int, str] = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1",
+                                   8: "7.1"}
+LOUDNORM_SAMPLE_RATE = 48000  # loudnorm upsamples to 192 kHz internally; resample back unless asked otherwise
 
 # Codecs NVDEC can decode; anything else is decoded in software even on a GPU node.
 NVDEC_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg1video", "mpeg2video", "mpeg4", "vc1", "mjpeg"})
@@ -53,9 +86,42 @@ MAXRATE_FACTOR = 1.5
 BUFSIZE_FACTOR = 2.0
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Decoding hardening: the most pixels a decoded frame may have (ffmpeg's -max_pixels, so a crafted header
+    cannot make the decoder allocate gigabytes) and the largest file an output may grow to (-fs; 0: no cap)."""
+
+    max_pixels: int = 7680 * 4320
+    max_output_bytes: int = 0
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class LoudnormMeasurement:
+    """What loudnorm's first (analysis) pass measured; the second pass corrects with it."""
+
+    input_i: float
+    input_tp: float
+    input_lra: float
+    input_thresh: float
+    target_offset: float
+
+
 def output_paths(spec: TranscodeJobSpec, out_dir: Path) -> dict[str, Path]:
-    """Local file for each output, named after the output (names are DNS labels, so safe as file names)."""
-    return {o.name: out_dir / f"{o.name}{EXTENSIONS[o.container]}" for o in spec.outputs}
+    """Local file for each output, named after the output (names are DNS labels, so safe as file names); a
+    directory for multi-file outputs (hls, dash, thumbnails, sprite)."""
+    paths: dict[str, Path] = {}
+    for o in spec.outputs:
+        if o.is_prefix:
+            paths[o.name] = out_dir / o.name
+        elif o.type == "poster":
+            paths[o.name] = out_dir / f"{o.name}{IMAGE_EXTENSIONS[o.poster.format if o.poster else 'jpeg']}"
+        else:
+            assert o.container is not None
+            paths[o.name] = out_dir / f"{o.name}{EXTENSIONS[o.container]}"
+    return paths
 
 
 def file_url(path: Path) -> str:
@@ -97,9 +163,10 @@ def cuda_frames(spec: TranscodeJobSpec, facts: InputFacts, accelerator: Accelera
     """
     if accelerator != "nvidia" or facts.video_codec not in NVDEC_CODECS:
         return False
-    encoding = [o for o in spec.outputs if o.video_codec not in ("copy", "none")]
+    encoding = [o for o in spec.outputs if o.type == "file" and o.video_codec not in ("copy", "none")]
     return bool(encoding) and all(
-        uses_nvenc(o, accelerator) and not (o.video and o.video.pixel_format) for o in encoding
+        uses_nvenc(o, accelerator) and not (o.video and o.video.pixel_format) and o.filters is None
+        for o in encoding
     )
 
 
@@ -159,8 +226,54 @@ def _video_nvenc(output: OutputSpec, video: VideoSpec) -> list[str]:
     return args
 
 
-def video_args(output: OutputSpec, accelerator: Accelerator, on_gpu: bool) -> list[str]:
-    """Output options for the video stream; `on_gpu` means decoded frames are CUDA frames."""
+def aspect_filters(aspect: AspectSpec) -> list[str]:
+    """Center crop or pad to a display aspect ratio, keeping even sizes (encoders need them)."""
+    num, den = (int(x) for x in aspect.ratio.split(":"))
+    if aspect.mode == "crop":
+        size = f"w='trunc(min(iw,ih*{num}/{den})/2)*2':h='trunc(min(ih,iw*{den}/{num})/2)*2'"
+        return [f"crop={size}", "setsar=1"]
+    size = f"w='trunc(max(iw,ih*{num}/{den})/2)*2':h='trunc(max(ih,iw*{den}/{num})/2)*2'"
+    return [f"pad={size}:x='(ow-iw)/2':y='(oh-ih)/2':color=black", "setsar=1"]
+
+
+def pre_filters(filters: FiltersSpec | None) -> list[str]:
+    """The edits that come before scaling, in a fixed order: deinterlace, denoise, aspect crop/pad."""
+    if filters is None:
+        return []
+    chain = []
+    if filters.deinterlace:
+        chain.append("bwdif=mode=send_frame:parity=auto:deint=all")
+    if filters.denoise:
+        chain.append(f"hqdn3d={DENOISE[filters.denoise]}")
+    if filters.aspect:
+        chain += aspect_filters(filters.aspect)
+    return chain
+
+
+WATERMARK_POSITIONS: dict[str, tuple[str, str]] = {
+    "top-left": ("{m}", "{m}"), "top-right": ("W-w-{m}", "{m}"), "bottom-left": ("{m}", "H-h-{m}"),
+    "bottom-right": ("W-w-{m}", "H-h-{m}"), "center": ("(W-w)/2", "(H-h)/2"),
+}
+
+
+def watermark_graph(source: str, chain: list[str], image_input: int, mark: WatermarkSpec, tag: str) -> str:
+    """A filter_complex fragment: the video chain on `source`, then the image (input `image_input`) made
+    translucent, scaled to `scale` x the video's width (scale2ref: the video is the reference) and overlaid.
+    Ends in the label [tag]."""
+    x, y = (v.format(m=mark.margin) for v in WATERMARK_POSITIONS[mark.position])
+    return ";".join([
+        f"[{source}]{','.join(chain) or 'null'}[{tag}b]",
+        f"[{image_input}:v]format=rgba,colorchannelmixer=aa={mark.opacity:g}[{tag}w]",
+        # In ffmpeg 5.1's scale2ref, iw/ih are the *reference's* size and main_w/main_h the scaled input's own
+        # (ffmpeg 7 renames them rw/rh): width from the video, height keeping the image's aspect ratio.
+        f"[{tag}w][{tag}b]scale2ref=w='iw*{mark.scale:g}':h='ow*main_h/main_w'[{tag}ws][{tag}bs]",
+        f"[{tag}bs][{tag}ws]overlay=x='{x}':y='{y}':eof_action=repeat:format=auto[{tag}]",
+    ])
+
+
+def video_args(output: OutputSpec, accelerator: Accelerator, on_gpu: bool, *, filtered: bool = False) -> list[str]:
+    """Output options for the video stream; `on_gpu` means decoded frames are CUDA frames. `filtered`: the
+    output's frames come from a filter_complex label that already applied the filters (watermark)."""
     codec = output.video_codec
     if codec == "none":
         return ["-vn"]
@@ -172,9 +285,13 @@ def video_args(output: OutputSpec, accelerator: Accelerator, on_gpu: bool) -> li
     args = _video_nvenc(output, video) if nvenc else _video_cpu(output, video)
     if codec == "h265" and output.container in ("mp4", "mov"):
         args += ["-tag:v", "hvc1"]  # Apple players only accept HEVC in MP4/MOV tagged hvc1 (ffmpeg uses hev1)
-    scale = scale_filter(video, on_gpu=on_gpu and nvenc)
-    if scale:
-        args += ["-vf", scale]
+    if not filtered:
+        chain = pre_filters(output.filters)
+        scale = scale_filter(video, on_gpu=on_gpu and nvenc)
+        if scale:
+            chain.append(scale)
+        if chain:
+            args += ["-vf", ",".join(chain)]
     if video.fps is not None:
         args += ["-r", format_fps(video.fps)]
     if video.pixel_format is not None:
@@ -182,7 +299,41 @@ def video_args(output: OutputSpec, accelerator: Accelerator, on_gpu: bool) -> li
     return args
 
 
-def audio_args(output: OutputSpec) -> list[str]:
+def file_video_chain(output: OutputSpec) -> list[str]:
+    """Pre-filters + scale of a file output on CPU frames (for the watermark graph)."""
+    video = output.video or VideoSpec.model_validate({"codec": output.video_codec})
+    chain = pre_filters(output.filters)
+    scale = scale_filter(video, on_gpu=False)
+    return chain + ([scale] if scale else [])
+
+
+def _num(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+
+
+def loudnorm_filter(target: LoudnessSpec, measured: LoudnormMeasurement | None, *, analyse: bool = False) -> str:
+    """loudnorm for the analysis pass (print the measurement as JSON) or the correcting pass (linear when the
+    measurement allows it, which keeps dynamics intact)."""
+    base = f"loudnorm=I={_num(target.integrated_lufs)}:TP={_num(target.true_peak_db)}:LRA={_num(target.loudness_range)}"
+    if analyse or measured is None:
+        return base + ":print_format=json"
+    return (f"{base}:measured_I={measured.input_i:.2f}:measured_TP={measured.input_tp:.2f}"
+            f":measured_LRA={measured.input_lra:.2f}:measured_thresh={measured.input_thresh:.2f}"
+            f":offset={measured.target_offset:.2f}:linear=true:print_format=none")
+
+
+def audio_filters(audio: AudioSpec | None, measured: LoudnormMeasurement | None, *, analyse: bool = False) -> list[str]:
+    """Downmix before loudnorm when both are asked for, so the loudness is that of what listeners hear."""
+    if audio is None or audio.loudness is None:
+        return []
+    chain = []
+    if audio.channels is not None:
+        chain.append(f"aformat=channel_layouts={CHANNEL_LAYOUTS[audio.channels]}")
+    chain.append(loudnorm_filter(audio.loudness, measured, analyse=analyse))
+    return chain
+
+
+def audio_args(output: OutputSpec, measured: LoudnormMeasurement | None = None) -> list[str]:
     codec = output.audio_codec
     if codec == "none":
         return ["-an"]
@@ -191,26 +342,65 @@ def audio_args(output: OutputSpec) -> list[str]:
     args = ["-c:a", AUDIO_ENCODERS[codec]]
     audio = output.audio
     if audio is not None:
-        if audio.bitrate is not None:
+        if audio.bitrate is not None and codec not in LOSSLESS_AUDIO:
             args += ["-b:a", audio.bitrate]
         if audio.channels is not None:
             args += ["-ac", str(audio.channels)]
+        chain = audio_filters(audio, measured)
+        if chain:
+            args += ["-af", ",".join(chain)]
         if audio.sample_rate is not None:
             args += ["-ar", str(audio.sample_rate)]
+        elif audio.loudness is not None:
+            args += ["-ar", str(LOUDNORM_SAMPLE_RATE)]
     return args
 
 
-def output_args(output: OutputSpec, path: Path, accelerator: Accelerator, on_gpu: bool) -> list[str]:
-    """Everything for one output file, ending with the file itself (ffmpeg options apply to the next file)."""
+def audio_map(output: OutputSpec, input_index: int = 0) -> str:
+    """An explicit track must exist (check_streams says so clearly); the default first track is optional."""
+    track = output.audio.track if output.audio else None
+    return f"{input_index}:a:{track}" if track is not None else f"{input_index}:a:0?"
+
+
+def trim_args(output: OutputSpec) -> list[str]:
+    """Output-side -ss/-t: frames are decoded from the start and cut exactly (frame-accurate, also for audio)."""
+    if output.trim is None:
+        return []
+    args = []
+    if output.trim.start_seconds:
+        args += ["-ss", _num(output.trim.start_seconds)]
+    length = output.trim.length
+    if length is not None:
+        args += ["-t", _num(length)]
+    return args
+
+
+def input_args(path: Path, limits: Limits = DEFAULT_LIMITS, *, seek: float | None = None,
+               demuxers: tuple[str, ...] = INPUT_DEMUXERS) -> list[str]:
+    """One hardened input: only the listed demuxers, only the file protocol, frames no larger than the limit."""
+    args = ["-ss", _num(seek)] if seek is not None else []
+    return [*args, "-max_pixels", str(limits.max_pixels), "-format_whitelist", ",".join(demuxers),
+            "-protocol_whitelist", "file", "-i", file_url(path)]
+
+
+def output_args(output: OutputSpec, path: Path, accelerator: Accelerator, on_gpu: bool, *,
+                video_label: str | None = None, measured: LoudnormMeasurement | None = None,
+                limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """Everything for one output file, ending with the file itself (ffmpeg options apply to the next file).
+    `video_label`: map the video from this filter_complex label (watermarked) instead of the input."""
+    assert output.container is not None
     args: list[str] = []
     # First video and first audio stream. `V`, not `v`: cover art (an attached picture) is not the video.
     # `?`: an input without that stream type gives an output without it instead of an error.
     if output.video_codec != "none":
-        args += ["-map", "0:V:0?"]
+        args += ["-map", f"[{video_label}]" if video_label else "0:V:0?"]
     if output.audio_codec != "none":
-        args += ["-map", "0:a:0?"]
-    args += video_args(output, accelerator, on_gpu)
-    args += audio_args(output)
+        args += ["-map", audio_map(output)]
+    args += video_args(output, accelerator, on_gpu, filtered=video_label is not None)
+    args += audio_args(output, measured)
+    args += trim_args(output)
+    if limits.max_output_bytes:
+        args += ["-fs", str(limits.max_output_bytes)]
     if output.container in FASTSTART_CONTAINERS:
         args += ["-movflags", "+faststart"]
     return [*args, "-f", MUXERS[output.container], file_url(path)]
@@ -219,32 +409,60 @@ def output_args(output: OutputSpec, path: Path, accelerator: Accelerator, on_gpu
 def check_streams(spec: TranscodeJobSpec, facts: InputFacts) -> None:
     """Every output must get at least one stream from the input. Needed because when all of an output's
     optional maps match nothing, ffmpeg silently falls back to automatic stream selection (e.g. encoding an
-    MP3's cover art as the "video") instead of failing."""
+    MP3's cover art as the "video") instead of failing. An explicit audio track must exist."""
     for output in spec.outputs:
-        wants = [kind for kind, codec in (("video", output.video_codec), ("audio", output.audio_codec))
-                 if codec != "none"]
+        if output.type == "file":
+            wants = [kind for kind, codec in (("video", output.video_codec), ("audio", output.audio_codec))
+                     if codec != "none"]
+        else:
+            wants = ["video"]  # images and ladders need video; a ladder's audio is optional
         has = {"video": facts.video_codec is not None, "audio": facts.audio_codec is not None}
         if not any(has[kind] for kind in wants):
             raise InvalidInput(f"output {output.name} needs {' or '.join(wants)}, but the input has none")
+        track = output.audio.track if output.audio else None
+        if track is not None and track >= (facts.audio_streams if facts.audio_streams is not None else 1):
+            raise InvalidInput(f"output {output.name} asks for audio track {track}, but the input has "
+                               f"{facts.audio_streams or 0} audio stream(s)")
 
 
-def build_argv(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, Path], facts: InputFacts,
-               accelerator: Accelerator) -> list[str]:
-    """The complete ffmpeg argv: global options, input options + input, then per output its options + file.
-    Raises InvalidInput when the input lacks every stream an output needs (see check_streams)."""
-    missing = [o.name for o in spec.outputs if o.name not in outputs]
+def build_argv(spec: TranscodeJobSpec, input_path: Path, outputs: Mapping[str, Path], facts: InputFacts,
+               accelerator: Accelerator, *, limits: Limits = DEFAULT_LIMITS, assets: Mapping[str, Path] | None = None,
+               loudness: Mapping[str, LoudnormMeasurement] | None = None) -> list[str]:
+    """The ffmpeg argv of the file outputs (type file): global options, input options + input (and any
+    watermark images), then per output its options + file. Other output types run as their own steps
+    (media_args.py). Raises InvalidInput when the input lacks every stream an output needs (see check_streams).
+    `assets`: local watermark image per output name; `loudness`: first-pass measurement per output name."""
+    files = [o for o in spec.outputs if o.type == "file"]
+    missing = [o.name for o in files if o.name not in outputs]
     if missing:
         raise ValueError(f"no local path for outputs {missing}")
     check_streams(spec, facts)
+    assets = assets or {}
     argv = ["ffmpeg", *GLOBAL_ARGS]
     on_gpu = cuda_frames(spec, facts, accelerator)
-    if any(uses_nvenc(o, accelerator) for o in spec.outputs):
+    if any(uses_nvenc(o, accelerator) for o in files):
         # NVDEC decode; without -hwaccel_output_format frames are downloaded to system memory for CPU filters
         # and encoders (NVENC accepts both).
         argv += ["-hwaccel", "cuda"]
         if on_gpu:
             argv += ["-hwaccel_output_format", "cuda"]
-    argv += ["-protocol_whitelist", "file", "-i", file_url(input_path)]
-    for output in spec.outputs:
-        argv += output_args(output, outputs[output.name], accelerator, on_gpu)
+    argv += input_args(input_path, limits)
+    graphs: list[str] = []
+    labels: dict[str, str] = {}
+    next_input = 1
+    for output in files:
+        mark = output.filters.watermark if output.filters else None
+        if mark is None or output.video_codec in ("copy", "none"):
+            continue
+        if output.name not in assets:
+            raise ValueError(f"no local watermark image for output {output.name}")
+        argv += input_args(assets[output.name], limits, demuxers=IMAGE_DEMUXERS)
+        labels[output.name] = f"wm{next_input}"
+        graphs.append(watermark_graph("0:V:0", file_video_chain(output), next_input, mark, labels[output.name]))
+        next_input += 1
+    if graphs:
+        argv += ["-filter_complex", ";".join(graphs)]
+    for output in files:
+        argv += output_args(output, outputs[output.name], accelerator, on_gpu, video_label=labels.get(output.name),
+                            measured=(loudness or {}).get(output.name), limits=limits)
     return argv

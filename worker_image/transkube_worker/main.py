@@ -20,17 +20,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transkube_api.constants import ExitCode
-from transkube_api.models import InputFacts, OutputResult, Progress, TranscodeJobSpec
+from transkube_api.models import InputFacts, OutputResult, OutputSpec, Progress, RenditionResult, TranscodeJobSpec
 
 from . import __version__
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
 from .errors import Internal, WorkerError, termination_message
-from .ffmpeg_args import Accelerator, build_argv, output_paths
+from .ffmpeg_args import DEFAULT_LIMITS, Accelerator, Limits, LoudnormMeasurement, bitrate_bits, output_paths
+from .limits import check_facts, check_size
 from .logs import configure_logging
-from .probe import probe_input, probe_output
+from .media_args import DASH_MANIFEST, HLS_MASTER, ladder, parse_loudnorm, sprite_layout, storyboard_vtt
+from .probe import ProbeFailed, probe_input, probe_output, run_ffprobe
 from .progress import ProgressReporter, ProgressSample, compute_progress, utcnow
 from .signals import SignalGuard
 from .status_writer import KubeStatusWriter, NullStatusWriter, StatusWriter
+from .steps import Step, analysis_steps, media_steps
 from .storage import (
     CONTENT_TYPES,
     ByteCounter,
@@ -56,18 +59,50 @@ SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
 def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, Path], facts: InputFacts,
-                   accelerator: Accelerator, reporter: ProgressReporter) -> list[str]:
-    """Build the argv and run ffmpeg on local files, reporting progress; returns the argv it ran. This is
-    also what bench/worker_overhead.py measures, so it stays free of storage and Kubernetes."""
-    argv = build_argv(spec, input_path, outputs, facts, accelerator)
-    duration = facts.duration_seconds
-    reporter.update(compute_progress("Transcoding", utcnow(), duration_seconds=duration))
+                   accelerator: Accelerator, reporter: ProgressReporter, *, limits: Limits = DEFAULT_LIMITS,
+                   assets: dict[str, Path] | None = None) -> list[str]:
+    """Plan and run every ffmpeg step on local files (loudness analyses first, then the file outputs' shared
+    run, then one run per package/image output), reporting progress over all of them as one Transcoding stage;
+    returns the argv of the first output-writing step. This is also what bench/worker_overhead.py measures, so
+    it stays free of storage and Kubernetes."""
+    for name, path in outputs.items():
+        if any(o.name == name and o.is_prefix for o in spec.outputs):
+            path.mkdir(parents=True, exist_ok=True)
+    analyses = analysis_steps(spec, input_path, facts, limits)
+    # Planned once without measurements only to weigh the steps (and to fail fast on input that cannot feed them).
+    weights = [s.media_seconds for s in media_steps(spec, input_path, outputs, facts, accelerator, limits=limits,
+                                                    assets=assets)]
+    total = sum(s.media_seconds for s in analyses) + sum(weights) or None
+    reporter.update(compute_progress("Transcoding", utcnow(), duration_seconds=total))
+    done = 0.0
 
-    def on_sample(sample: ProgressSample) -> None:
-        reporter.update(compute_progress("Transcoding", utcnow(), sample=sample, duration_seconds=duration))
+    def run(step: Step, last: bool) -> str:
+        nonlocal done
+        offset = done
 
-    run_ffmpeg(argv, on_sample)
-    return argv
+        def on_sample(sample: ProgressSample) -> None:
+            shifted = ProgressSample(frame=sample.frame, fps=sample.fps, speed=sample.speed,
+                                     out_time_seconds=offset + min(sample.out_time_seconds or 0.0,
+                                                                   step.media_seconds),
+                                     end=sample.end and last)
+            reporter.update(compute_progress("Transcoding", utcnow(), sample=shifted, duration_seconds=total))
+
+        stderr = run_ffmpeg(step.argv, on_sample)
+        done += step.media_seconds
+        return stderr
+
+    loudness: dict[str, LoudnormMeasurement] = {}
+    for step in analyses:
+        loudness[step.name] = parse_loudnorm(run(step, last=False))
+    steps = media_steps(spec, input_path, outputs, facts, accelerator, limits=limits, assets=assets,
+                        loudness=loudness)
+    for i, step in enumerate(steps):
+        run(step, last=i == len(steps) - 1)
+        log.info("step done", extra={"fields": {"step": step.name, "argv": step.argv}})
+    for o in spec.outputs:
+        if o.type == "sprite":
+            (outputs[o.name] / "storyboard.vtt").write_text(storyboard_vtt(sprite_layout(o, facts)))
+    return steps[0].argv if steps else []
 
 
 class Attempt:
@@ -94,28 +129,33 @@ class Attempt:
         self.cfg.scratch_dir.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="transkube-", dir=self.cfg.scratch_dir))
         self.client = make_client()
-        input_path = self._download(self.client, parse_s3_uri(spec.input.uri))
+        input_path = self._download(self.client, parse_s3_uri(spec.input.uri), check_input_size=True)
         facts = self._probe(input_path)
+        assets = self._download_assets(self.client)
         out_dir = self.scratch / "out"
         out_dir.mkdir()
         outputs = output_paths(spec, out_dir)
         started = time.monotonic()
-        argv = transcode_step(spec, input_path, outputs, facts, self.cfg.accelerator, self.reporter)
+        argv = transcode_step(spec, input_path, outputs, facts, self.cfg.accelerator, self.reporter,
+                              limits=self.cfg.limits.ffmpeg, assets=assets)
         log.info("transcoded", extra={"fields": {"seconds": round(time.monotonic() - started, 2), "argv": argv}})
-        return self._upload(self.client, outputs)
+        return self._upload(self.client, outputs, facts)
 
     def finish(self, results: list[OutputResult]) -> None:
         self.status.attach_outputs(results)
         self.reporter.update(compute_progress("Done", utcnow()))
         log.info("done", extra={"fields": {"outputs": [r.wire() for r in results]}})
 
-    def _download(self, client: S3Client, loc: S3Location) -> Path:
+    def _download(self, client: S3Client, loc: S3Location, *, check_input_size: bool = False,
+                  name: str = "input") -> Path:
         assert self.scratch is not None
         self.reporter.update(compute_progress("Downloading", utcnow()))
         size = head_size(client, loc)
+        if check_input_size:
+            check_size(size, self.cfg.limits)  # before spending the bandwidth and the scratch space
         suffix = Path(loc.key).suffix
         # Keep a plain extension: it helps ffmpeg with raw formats (.h264, .aac) that have no magic bytes.
-        dest = self.scratch / ("input" + (suffix if SAFE_SUFFIX.fullmatch(suffix) else ""))
+        dest = self.scratch / (name + (suffix if SAFE_SUFFIX.fullmatch(suffix) else ""))
         counter = ByteCounter(size)
         started = time.monotonic()
 
@@ -133,11 +173,23 @@ class Attempt:
         # Written together with the Transcoding stage change, one request for both.
         self.status.attach_input(facts)
         log.info("probed", extra={"fields": {"input": facts.wire()}})
+        check_facts(facts, self.cfg.limits)
         return facts
 
-    def _upload(self, client: S3Client, outputs: dict[str, Path]) -> list[OutputResult]:
+    def _download_assets(self, client: S3Client) -> dict[str, Path]:
+        """Watermark images, one per output that has one, read with the input's credentials."""
+        assets: dict[str, Path] = {}
+        for o in self.cfg.spec.outputs:
+            mark = o.filters.watermark if o.filters else None
+            if mark is not None:
+                assets[o.name] = self._download(client, parse_s3_uri(mark.uri), name=f"watermark-{o.name}")
+        return assets
+
+    def _upload(self, client: S3Client, outputs: dict[str, Path], facts: InputFacts) -> list[OutputResult]:
         spec = self.cfg.spec
-        uploads = [Upload(outputs[o.name], parse_s3_uri(o.uri), CONTENT_TYPES[o.container]) for o in spec.outputs]
+        uploads: list[Upload] = []
+        for o in spec.outputs:
+            uploads += output_uploads(o, outputs[o.name])
         total = sum(u.path.stat().st_size for u in uploads)
         counter = ByteCounter()
         checksums: dict[str, str] = {}
@@ -155,8 +207,7 @@ class Attempt:
         started = time.monotonic()
         upload_all(client, uploads, counter, transfer_config(), tick, self.submitted.append, hash_outputs)
         log.info("uploaded", extra={"fields": {"bytes": total, "seconds": round(time.monotonic() - started, 2)}})
-        return [probe_output(outputs[o.name], name=o.name, uri=o.uri, checksum=checksums[o.uri])
-                for o in spec.outputs]
+        return [output_result(o, outputs[o.name], facts, checksums.get(o.uri)) for o in spec.outputs]
 
     def discard_outputs(self) -> None:
         """A failed or interrupted attempt leaves no partial outputs behind (deleting a missing key is a no-op)."""
@@ -169,6 +220,57 @@ class Attempt:
     def remove_scratch(self) -> None:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def output_uploads(output: OutputSpec, path: Path) -> list[Upload]:
+    """One object for a file/poster output; every file under the output's directory for multi-file outputs,
+    each under the URI prefix with its relative name."""
+    if not output.is_prefix:
+        kind = output.container or (output.poster.format if output.poster else "jpeg")
+        return [Upload(path, parse_s3_uri(output.uri), CONTENT_TYPES.get(kind, "application/octet-stream"))]
+    prefix = parse_s3_uri(output.uri)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return [Upload(p, S3Location(prefix.bucket, prefix.key + p.relative_to(path).as_posix()),
+                   CONTENT_TYPES.get(p.suffix.lstrip("."), "application/octet-stream")) for p in files]
+
+
+def _probe_quiet(path: Path) -> dict[str, object]:
+    try:
+        return run_ffprobe(path)
+    except ProbeFailed as exc:
+        raise Internal(f"{path.name} is not readable: {exc.message}") from exc
+
+
+def output_result(output: OutputSpec, path: Path, facts: InputFacts, checksum: str | None) -> OutputResult:
+    """status.outputs[] for one output, probed from what was written."""
+    if output.type == "file":
+        return probe_output(path, name=output.name, uri=output.uri, checksum=checksum)
+    if output.type == "poster":
+        result = probe_output(path, name=output.name, uri=output.uri, checksum=checksum)
+        return result.model_copy(update={"type": "poster", "duration_seconds": None})
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    size = sum((path / f).stat().st_size for f in files)
+    base: dict[str, object] = {"name": output.name, "uri": output.uri, "type": output.type, "files": files,
+                               "size_bytes": size}
+    if output.type in ("thumbnails", "sprite"):
+        image = next(f for f in files if not f.endswith(".vtt"))
+        stream = (_probe_quiet(path / image).get("streams") or [{}])[0]  # type: ignore[index]
+        return OutputResult.model_validate({**base, "width": stream.get("width"), "height": stream.get("height"),
+                                            "video_codec": stream.get("codec_name")})
+    renditions = []
+    for i, r in enumerate(ladder(output.streaming, facts)):
+        init = path / (f"init_{r.name}.mp4" if output.type == "hls" else f"init_{i}.mp4")
+        stream = (_probe_quiet(init).get("streams") or [{}])[0]  # type: ignore[index]
+        playlist = f"stream_{r.name}.m3u8" if output.type == "hls" else (
+            f"media_{i}.m3u8" if output.streaming and output.streaming.also_hls else None)
+        renditions.append(RenditionResult(width=stream.get("width"), height=stream.get("height"),
+                                          bitrate=bitrate_bits(r.bitrate), playlist=playlist))
+    playlist = HLS_MASTER if output.type == "hls" else DASH_MANIFEST
+    probed = probe_output(path / playlist, name=output.name, uri=output.uri, checksum=None)
+    return OutputResult.model_validate({
+        **base, "renditions": renditions, "playlist": playlist, "duration_seconds": probed.duration_seconds,
+        "video_codec": probed.video_codec, "audio_codec": probed.audio_codec,
+        "width": renditions[0].width if renditions else None, "height": renditions[0].height if renditions else None})
 
 
 def write_termination_log(path: Path, error: WorkerError) -> None:

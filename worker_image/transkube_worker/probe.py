@@ -14,7 +14,7 @@ from typing import Any
 from transkube_api.models import InputFacts, OutputResult
 
 from .errors import Internal, InvalidInput
-from .ffmpeg_args import file_url
+from .ffmpeg_args import INPUT_DEMUXERS, file_url
 from .transcode import tail_lines
 
 PROBE_TIMEOUT_SECONDS = 120  # a healthy probe takes well under a second; a hang must not eat the deadline
@@ -25,16 +25,19 @@ class ProbeFailed(InvalidInput):
     """ffprobe could not read the file as media."""
 
 
-def probe_argv(path: Path) -> list[str]:
-    # Same protocol restriction as the transcode: a crafted input cannot make ffprobe open other URLs.
+def probe_argv(path: Path, demuxers: tuple[str, ...] | None = None) -> list[str]:
+    # Same protocol restriction as the transcode: a crafted input cannot make ffprobe open other URLs. Inputs are
+    # also limited to demuxers that cannot reference other files (playlists, concat lists); our own outputs
+    # (HLS/DASH playlists) are probed without that list.
+    formats = ["-format_whitelist", ",".join(demuxers)] if demuxers else []
     return ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-            "-protocol_whitelist", "file", file_url(path)]
+            *formats, "-protocol_whitelist", "file", file_url(path)]
 
 
-def run_ffprobe(path: Path) -> dict[str, Any]:
+def run_ffprobe(path: Path, demuxers: tuple[str, ...] | None = None) -> dict[str, Any]:
     """ffprobe's JSON for `path`; raises ProbeFailed when ffprobe rejects it."""
     try:
-        proc = subprocess.run(probe_argv(path), capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS,
+        proc = subprocess.run(probe_argv(path, demuxers), capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS,
                               check=False, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise Internal(f"ffprobe timed out after {PROBE_TIMEOUT_SECONDS}s") from exc
@@ -96,6 +99,23 @@ def _duration(data: Mapping[str, Any]) -> float | None:
     return round(duration, 3) if duration is not None else None
 
 
+def rotation_of(stream: Mapping[str, Any]) -> int | None:
+    """Display rotation in degrees (0, 90, 180, 270) from the display matrix side data or the old rotate tag."""
+    raw: Any = None
+    for side in stream.get("side_data_list") or []:
+        if isinstance(side, Mapping) and "rotation" in side:
+            raw = side["rotation"]
+    if raw is None:
+        raw = (stream.get("tags") or {}).get("rotate")
+    value = _float(raw) if raw is not None and not str(raw).startswith("-") else None
+    if value is None and raw is not None:
+        negative = _float(str(raw)[1:])
+        value = -negative if negative is not None else None
+    if value is None:
+        return None
+    return round(value) % 360
+
+
 def parse_input_facts(data: Mapping[str, Any], size_bytes: int | None = None) -> InputFacts:
     """InputFacts from ffprobe's JSON. No video and no audio stream means it is not media we can transcode."""
     video = _streams(data, "video")
@@ -106,16 +126,24 @@ def parse_input_facts(data: Mapping[str, Any], size_bytes: int | None = None) ->
     v = video[0] if video else {}
     # avg_frame_rate is what players show; r_frame_rate is the fallback when the container does not know it.
     frame_rate = (parse_rate(v.get("avg_frame_rate")) or parse_rate(v.get("r_frame_rate"))) if v else None
+    rotation = rotation_of(v) if v else None
+    width, height = _int(v.get("width")), _int(v.get("height"))
+    if rotation in (90, 270):
+        width, height = height, width  # ffmpeg rotates while decoding (autorotate): report what is displayed
+    streams = [s for s in data.get("streams") or [] if isinstance(s, Mapping)]
     return InputFacts(
         duration_seconds=_duration(data),
-        width=_int(v.get("width")),
-        height=_int(v.get("height")),
+        width=width,
+        height=height,
         video_codec=v.get("codec_name") if v else None,
         audio_codec=audio[0].get("codec_name") if audio else None,
         frame_rate=frame_rate,
         bitrate=_int(fmt.get("bit_rate")),
         size_bytes=size_bytes if size_bytes is not None else _int(fmt.get("size")),
         format_name=fmt.get("format_name"),
+        stream_count=len(streams) if streams else None,
+        audio_streams=len(audio) if streams else None,
+        rotation=rotation or None,
     )
 
 
@@ -138,7 +166,7 @@ def parse_output_result(data: Mapping[str, Any], *, name: str, uri: str, size_by
 
 
 def probe_input(path: Path) -> InputFacts:
-    return parse_input_facts(run_ffprobe(path), size_bytes=path.stat().st_size)
+    return parse_input_facts(run_ffprobe(path, INPUT_DEMUXERS), size_bytes=path.stat().st_size)
 
 
 def probe_output(path: Path, *, name: str, uri: str, checksum: str | None) -> OutputResult:

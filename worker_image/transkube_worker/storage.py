@@ -53,7 +53,10 @@ POLL_SECONDS = 0.25
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>\S+)$")
 
 CONTENT_TYPES: dict[str, str] = {"mp4": "video/mp4", "mov": "video/quicktime", "mkv": "video/x-matroska",
-                                 "webm": "video/webm"}
+                                 "webm": "video/webm", "m4a": "audio/mp4", "mp3": "audio/mpeg", "ogg": "audio/ogg",
+                                 "flac": "audio/flac", "jpeg": "image/jpeg", "jpg": "image/jpeg",
+                                 "webp": "image/webp", "m3u8": "application/vnd.apple.mpegurl",
+                                 "mpd": "application/dash+xml", "m4s": "video/iso.segment", "vtt": "text/vtt"}
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",

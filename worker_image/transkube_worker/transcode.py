@@ -130,9 +130,10 @@ def ffmpeg_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_ffmpeg(argv: Sequence[str], on_sample: Callable[[ProgressSample], None]) -> None:
-    """Run ffmpeg to completion, calling `on_sample` for every `-progress` block; raises a WorkerError when it
-    fails. Any exception (a signal, JobGone from the status writer) stops ffmpeg before propagating."""
+def run_ffmpeg(argv: Sequence[str], on_sample: Callable[[ProgressSample], None]) -> str:
+    """Run ffmpeg to completion, calling `on_sample` for every `-progress` block; returns the tail of its stderr
+    (analysis passes print their results there); raises a WorkerError when it fails. Any exception (a signal,
+    JobGone from the status writer) stops ffmpeg before propagating."""
     stderr = TailBuffer()
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="replace", bufsize=1, env=ffmpeg_env())
@@ -154,3 +155,4 @@ def run_ffmpeg(argv: Sequence[str], on_sample: Callable[[ProgressSample], None])
         proc.stderr.close()
     if returncode != 0:
         raise classify_ffmpeg_failure(returncode, stderr.text())
+    return stderr.text()
