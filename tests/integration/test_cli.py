@@ -1,0 +1,206 @@
+"""The `transkube` CLI (its installed console scripts, as subprocesses) against the real local cluster, MinIO and
+an in-process shim: upload, submit, watch, get/list, outputs --download with checksum verification, suspend /
+resume / cancel, a failing job, and `kubectl transcode` as a kubectl plugin."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transkube_dev import tools
+from transkube_dev.cluster import ClusterState
+from transkube_dev.kube import Kube
+
+from .conftest import tj_path, wait_for
+from .shim_fixtures import *  # noqa: F403 (fixtures)
+from .shim_fixtures import BUCKET, Tenant
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3 s lavfi clip, high-entropy and nearly lossless so it is > 10 MiB: three 5 MiB multipart parts."""
+    path = tmp_path_factory.mktemp("cli-media") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+                    "-t", "3", "-vf", "noise=alls=60:allf=t", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0",
+                    "-c:a", "aac", "-shortest", str(path)], check=True, timeout=120)
+    assert path.stat().st_size > 10 * MIB
+    return path
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRANSKUBE_API_", "AWS_")) and k != "KUBECONFIG"}
+    kubectl, _ = tools.ensure_kubectl_helm()
+    env["PATH"] = os.pathsep.join([str(BIN), str(Path(kubectl).parent), env.get("PATH", "")])
+    env["HOME"] = env.get("HOME", "/tmp")
+    return env
+
+
+def direct_env(cluster: ClusterState) -> dict[str, str]:
+    return base_env() | cluster.env()
+
+
+def shim_env(tenant: Tenant) -> dict[str, str]:
+    """Only the shim's URL and key: no kubeconfig, no storage credentials."""
+    return base_env() | {"TRANSKUBE_API_URL": tenant.url, "TRANSKUBE_API_KEY": tenant.key,
+                         "KUBECONFIG": "/nonexistent"}
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120, program: str = "transkube"
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([program, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result.stdout
+
+
+def output_flag(name: str = "web") -> str:
+    key = f"cli/{uuid.uuid4().hex}/{name}.mp4"
+    return (f"name={name},uri=s3://{BUCKET}/{key},container=mp4,vcodec=h264,height=240,crf=30,preset=ultrafast,"
+            "acodec=aac,abitrate=64k")
+
+
+def check_download(env: dict[str, str], name: str, ns_args: list[str], tmp: Path, status: dict[str, Any]) -> None:
+    shown = ok(cli(env, "outputs", name, *ns_args))
+    (out,) = status["outputs"]
+    assert out["uri"] in shown and out["checksum"] in shown and str(out["sizeBytes"]) in shown
+    result = cli(env, "outputs", name, *ns_args, "--download", str(tmp))
+    ok(result)
+    assert "sha256 ok" in result.stderr, result.stderr
+    path = tmp / Path(out["uri"]).name
+    data = path.read_bytes()
+    assert len(data) == out["sizeBytes"]
+    assert out["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert data[4:8] == b"ftyp"  # an MP4
+
+
+def test_direct_upload_submit_watch_download_and_kubectl_plugin(
+        cluster: ClusterState, tj_namespace: str, kube: Kube, s3: Any, clip: Path, tmp_path: Path) -> None:
+    env, ns = direct_env(cluster), ["-n", tj_namespace]
+    dest = f"s3://{BUCKET}/cli/{uuid.uuid4().hex}/clip.mp4"
+    result = cli(env, "upload", str(clip), dest, "--part-size", "5")
+    assert ok(result).strip() == dest
+    assert "upload clip.mp4" in result.stderr and "100.0%" in result.stderr
+    head = s3.head_object(Bucket=BUCKET, Key=dest.removeprefix(f"s3://{BUCKET}/"))
+    assert head["ContentLength"] == clip.stat().st_size
+    parts = -(-clip.stat().st_size // (5 * MIB))
+    assert parts >= 3 and head["ETag"].strip('"').endswith(f"-{parts}"), head["ETag"]  # multipart, 5 MiB parts
+
+    name = ok(cli(env, "submit", *ns, "--input", dest, "--output", output_flag(), "--name", "cli-direct")).strip()
+    assert name == "cli-direct"
+    cr = kube.get(tj_path(tj_namespace, name))
+    assert cr["spec"]["outputs"][0]["video"] == {"codec": "h264", "height": 240, "crf": 30, "preset": "ultrafast"}
+
+    watched = cli(env, "watch", name, *ns, timeout=300)
+    assert watched.returncode == 0, watched.stderr
+    assert f"transcodejob {name} Succeeded" in watched.stdout
+    assert f"{name}  " in watched.stderr  # progress lines (not a terminal: one line per change)
+
+    status = kube.get(tj_path(tj_namespace, name))["status"]
+    assert status["phase"] == "Succeeded"
+    check_download(env, name, ns, tmp_path, status)
+
+    described = ok(cli(env, "get", name, *ns))
+    assert "Phase:      Succeeded" in described and dest in described
+    listed = ok(cli(env, "list", *ns))
+    assert listed.splitlines()[0].split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "REASON", "AGE"]
+    assert any(line.split()[:4] == [name, "Succeeded", "Done", "100.0"] for line in listed.splitlines())
+
+    # The same binary as a kubectl plugin: `kubectl transcode ...` finds kubectl-transcode on PATH.
+    plugin = subprocess.run(["kubectl", "transcode", "list", "-n", tj_namespace, "-o", "name"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert plugin.returncode == 0, plugin.stderr
+    assert plugin.stdout.split() == [name]
+
+
+def test_direct_suspend_resume_cancel_and_a_rejected_spec(
+        cluster: ClusterState, tj_namespace: str, kube: Kube) -> None:
+    env, ns = direct_env(cluster), ["-n", tj_namespace]
+    name = ok(cli(env, "submit", *ns, "--suspend", "--input", f"s3://{BUCKET}/cli/never.mp4",
+                  "--output", output_flag())).strip()
+    assert name.startswith("never-")
+    wait_for("Suspended", lambda: (kube.get(tj_path(tj_namespace, name)).get("status") or {}).get("phase")
+             == "Suspended")
+    assert "resumed" in ok(cli(env, "resume", name, *ns))
+    assert kube.get(tj_path(tj_namespace, name))["spec"]["suspend"] is False
+    assert "suspended" in ok(cli(env, "suspend", name, *ns))
+    assert kube.get(tj_path(tj_namespace, name))["spec"]["suspend"] is True
+    assert "cancelled" in ok(cli(env, "cancel", name, *ns))
+    watched = cli(env, "watch", name, *ns, timeout=120)
+    assert watched.returncode == 3, (watched.stdout, watched.stderr)
+    assert f"transcodejob {name} Cancelled" in watched.stderr
+
+    # Validated before anything is sent: the field is named and nothing is created.
+    before = len(kube.get(tj_path(tj_namespace))["items"])
+    bad = cli(env, "submit", *ns, "--input", f"s3://{BUCKET}/cli/a.mp4",
+              "--output", f"uri=s3://{BUCKET}/cli/b.webm,container=webm,vcodec=h264")
+    assert bad.returncode == 2 and "outputs[0]" in bad.stderr and "webm cannot carry" in bad.stderr
+    assert len(kube.get(tj_path(tj_namespace))["items"]) == before
+    missing = cli(env, "watch", "no-such-job", *ns)
+    assert missing.returncode == 4 and "not found" in missing.stderr
+
+
+def test_watch_exits_non_zero_with_the_reason_when_the_input_is_missing(
+        cluster: ClusterState, tj_namespace: str) -> None:
+    env, ns = direct_env(cluster), ["-n", tj_namespace]
+    name = ok(cli(env, "submit", *ns, "--input", f"s3://{BUCKET}/cli/{uuid.uuid4().hex}/missing.mp4",
+                  "--output", output_flag())).strip()
+    watched = cli(env, "watch", name, *ns, timeout=300)
+    assert watched.returncode == 1, (watched.stdout, watched.stderr)
+    assert "InputNotFound" in watched.stderr
+    assert f"transcodejob {name} Failed: InputNotFound" in watched.stderr
+
+
+def test_through_the_shim_upload_submit_watch_download(
+        tenant: Callable[..., Tenant], kube: Kube, tmp_path: Path, clip: Path) -> None:
+    t = tenant()
+    env = shim_env(t)
+    result = cli(env, "upload", str(clip), "--part-size", "5")
+    uri = ok(result).strip()
+    assert uri.startswith(f"s3://{BUCKET}/uploads/{t.name}/") and uri.endswith("clip.mp4"), uri
+    assert "100.0%" in result.stderr
+
+    # A destination or a name make no sense through the shim: it chooses both; clear errors, nothing sent.
+    assert cli(env, "upload", str(clip), f"s3://{BUCKET}/x.mp4").returncode == 2
+    named = cli(env, "submit", "--name", "x", "--input", uri, "--output", output_flag())
+    assert named.returncode == 2 and "--name" in named.stderr
+
+    name = ok(cli(env, "submit", "--input", uri, "--output", output_flag())).strip()
+    watched = cli(env, "watch", name, timeout=300)
+    assert watched.returncode == 0, watched.stderr
+    assert f"transcodejob {name} Succeeded" in watched.stdout
+    status = kube.get(tj_path(t.namespace, name))["status"]
+    assert status["phase"] == "Succeeded" and status["input"]["sizeBytes"] == clip.stat().st_size
+    check_download(env, name, [], tmp_path, status)
+    assert name in ok(cli(env, "list", "-o", "name")).split()
+
+    # pause/cancel through the shim; the SSE watch ends with Cancelled.
+    held = ok(cli(env, "submit", "--suspend", "--input", uri, "--output", output_flag())).strip()
+    assert "suspended" in ok(cli(env, "suspend", held))
+    assert "cancelled" in ok(cli(env, "cancel", held))
+    cancelled = cli(env, "watch", held, timeout=120)
+    assert cancelled.returncode == 3 and "Cancelled" in cancelled.stderr
+
+
+def test_watch_through_the_shim_reports_input_not_found(tenant: Callable[..., Tenant]) -> None:
+    env = shim_env(tenant())
+    name = ok(cli(env, "submit", "--input", f"s3://{BUCKET}/cli/{uuid.uuid4().hex}.mp4",
+                  "--output", output_flag())).strip()
+    watched = cli(env, "watch", name, timeout=300)
+    assert watched.returncode == 1 and "InputNotFound" in watched.stderr, (watched.stdout, watched.stderr)

@@ -1,0 +1,282 @@
+"""The CLI's pure parts: flags -> spec, progress rendering, status -> exit code, SSE parsing, argument parsing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from transkube_cli import render, sse
+from transkube_cli.main import main, parser
+from transkube_cli.render import Exit
+from transkube_cli.spec import (
+    SpecError,
+    build_submit,
+    default_output_name,
+    field_path,
+    load_manifest,
+    merge_preset,
+    name_prefix,
+    parse_output,
+    split_s3_uri,
+)
+
+IN = "s3://transkube/inputs/My_Clip.mp4"
+
+
+# ---- flags -> spec ----------------------------------------------------------------------------------------
+
+def test_parse_output_maps_keys_and_fills_default_codecs() -> None:
+    out = parse_output("name=web,uri=s3://b1/o/web.mp4,container=mp4,height=720,crf=23,abitrate=96k")
+    assert out == {"name": "web", "uri": "s3://b1/o/web.mp4", "container": "mp4",
+                   "video": {"height": "720", "crf": "23", "codec": "h264"},
+                   "audio": {"bitrate": "96k", "codec": "aac"}}
+    webm = parse_output("uri=s3://b1/o/a.webm,container=webm,crf=30")
+    assert webm["video"]["codec"] == "vp9" and webm["name"] == "a"
+    assert parse_output("uri=s3://b1/o/x.mkv,container=mkv,vcodec=h265")["video"] == {"codec": "h265"}
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("name=web,color=blue", "unknown key 'color'"),
+    ("name=web,crf", "expected key=value"),
+    ("name=web,crf=", "expected key=value"),
+    ("name=a,name=b", "name given twice"),
+])
+def test_parse_output_rejects_bad_items_naming_the_output(text: str, fragment: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_output(text, 1)
+    assert fragment in str(exc.value) and exc.value.field == "--output #2"
+
+
+def test_names_are_dns_labels() -> None:
+    assert default_output_name("s3://b1/o/Web 720p.mp4") == "web-720p"
+    assert default_output_name("s3://b1/o/___.mp4", 2) == "out-3"
+    assert default_output_name("s3://b1/hls/") == "hls"
+    assert name_prefix(IN) == "my-clip-"
+    assert name_prefix("s3://b1/x/___") == "tj-"
+    assert len(name_prefix("s3://b1/" + "a" * 300 + ".mp4")) <= 41
+
+
+def test_split_s3_uri() -> None:
+    assert split_s3_uri("s3://bucket/a/b.mp4") == ("bucket", "a/b.mp4")
+    with pytest.raises(SpecError):
+        split_s3_uri("http://bucket/a")
+
+
+def test_build_submit_from_flags_validates_with_the_models() -> None:
+    req = build_submit(input_uri=IN, outputs=["name=web,uri=s3://transkube/o/web.mp4,container=mp4,height=240,"
+                                              "crf=30,preset=ultrafast"],
+                       namespace="media", accelerator="nvidia", fallback="cpu", retry_limit=0, deadline_seconds=600)
+    manifest = req.manifest()
+    assert manifest["apiVersion"] == "media.transkube.dev/v1alpha1" and manifest["kind"] == "TranscodeJob"
+    assert manifest["metadata"] == {"generateName": "my-clip-", "namespace": "media"}
+    spec = manifest["spec"]
+    assert spec["outputs"][0]["video"] == {"codec": "h264", "height": 240, "crf": 30, "preset": "ultrafast"}
+    assert spec["accelerator"]["type"] == "nvidia" and spec["accelerator"]["fallback"] == "cpu"
+    assert spec["retryLimit"] == 0 and spec["deadlineSeconds"] == 600
+    named = build_submit(input_uri=IN, outputs=["uri=s3://transkube/o/a.mp3,container=mp3"], name="job-1")
+    assert named.manifest()["metadata"] == {"name": "job-1"}
+
+
+@pytest.mark.parametrize(("outputs", "field", "fragment"), [
+    (["uri=s3://transkube/o/w.mp4,container=mp4,height=721"], "outputs[0].video.height", "multiple of 2"),
+    (["uri=s3://transkube/o/w.mp4,container=mp4,crf=20,bitrate=2M"], "outputs[0].video", "mutually exclusive"),
+    (["uri=s3://transkube/o/w.webm,container=webm,vcodec=h264"], "outputs[0]", "webm cannot carry"),
+    (["uri=s3://transkube/o/w.mp4,container=mp4", "uri=s3://transkube/o/w.mp4,container=mp4,name=b"], None,
+     "unique"),
+    (["uri=s3://transkube/o/w.mp4,container=avi"], "outputs[0].container", "Input should be"),
+    (["uri=not-s3,container=mp4"], "outputs[0].uri", "pattern"),
+])
+def test_build_submit_names_the_field_the_models_reject(outputs: list[str], field: str | None, fragment: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN, outputs=outputs)
+    assert exc.value.field == field and fragment in exc.value.detail, (exc.value.field, exc.value.detail)
+
+
+def test_build_submit_needs_input_and_outputs_and_a_dns_name() -> None:
+    with pytest.raises(SpecError) as exc:
+        build_submit(outputs=["uri=s3://transkube/o/w.mp4,container=mp4"])
+    assert exc.value.field == "input"
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN)
+    assert exc.value.field == "outputs"
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN, outputs=["uri=s3://transkube/o/w.mp4,container=mp4"], name="Bad_Name")
+    assert exc.value.field == "metadata.name"
+
+
+def test_manifest_whole_or_spec_only_and_flags_win() -> None:
+    spec = {"input": {"uri": "s3://transkube/in/a.mp4"},
+            "outputs": [{"name": "a", "uri": "s3://transkube/o/a.mp4", "container": "mp4"}]}
+    whole = {"apiVersion": "media.transkube.dev/v1alpha1", "kind": "TranscodeJob",
+             "metadata": {"name": "from-file", "namespace": "ns1"}, "spec": spec}
+    assert load_manifest(whole) == (spec, "from-file", "ns1")
+    assert load_manifest(spec) == (spec, None, None)
+    req = build_submit(manifest=whole, input_uri="s3://transkube/in/b.mp4", name="flag-name",
+                       outputs=["uri=s3://transkube/o/b.webm,container=webm"])
+    assert req.name == "flag-name" and req.namespace == "ns1"
+    assert req.spec.input.uri == "s3://transkube/in/b.mp4"
+    assert [o.name for o in req.spec.outputs] == ["a", "b"]
+    with pytest.raises(SpecError) as exc:
+        load_manifest({**whole, "kind": "Pod"})
+    assert exc.value.field == "kind"
+    with pytest.raises(SpecError):
+        load_manifest(["not", "a", "mapping"])
+
+
+def test_preset_merge_output_overrides_field_by_field() -> None:
+    preset = {"container": "mp4", "video": {"codec": "h264", "resolution": "720p", "crf": 23},
+              "audio": {"codec": "aac", "bitrate": "128k"}}
+    out = parse_output("name=web,uri=s3://transkube/o/w.mp4,crf=28")
+    merged = merge_preset(preset, out)
+    assert merged == {"name": "web", "uri": "s3://transkube/o/w.mp4", "container": "mp4",
+                      "video": {"codec": "h264", "resolution": "720p", "crf": "28"},
+                      "audio": {"codec": "aac", "bitrate": "128k"}}
+    other_codec = merge_preset(preset, parse_output("name=w,uri=s3://transkube/o/w.mp4,container=mp4,vcodec=h265"))
+    assert other_codec["video"] == {"codec": "h265"}
+    req = build_submit(input_uri=IN, outputs=["name=web,uri=s3://transkube/o/w.mp4"], preset=preset)
+    assert req.spec.outputs[0].video is not None and req.spec.outputs[0].video.resolution == "720p"
+
+
+def test_field_path() -> None:
+    assert field_path(("outputs", 0, "video", "crf")) == "outputs[0].video.crf"
+    assert field_path(("outputs", 1, "function-after[_check(), VideoSpec]")) == "outputs[1]"
+    assert field_path(()) == ""
+
+
+# ---- rendering --------------------------------------------------------------------------------------------
+
+def test_progress_line_running_shows_stage_percent_fps_speed_eta() -> None:
+    status = {"phase": "Running", "progress": {"stage": "Transcoding", "percent": 41.6, "fps": 119.6, "speed": 2.1,
+                                               "etaSeconds": 12, "eta": "12s"}}
+    line = render.progress_line("clip", status, width=10)
+    assert line == "clip  Running  Transcoding  [####------]   41.6%  120 fps  2.10x  ETA 12s"
+    no_eta_text = {"phase": "Running", "progress": {"stage": "Transcoding", "percent": 5, "etaSeconds": 75}}
+    assert render.progress_line("c", no_eta_text).endswith("ETA 1m15s")
+
+
+def test_progress_line_other_phases() -> None:
+    assert render.progress_line("c", None, 4) == "c  Pending  Pending  [----]    0.0%"
+    done = render.progress_line("c", {"phase": "Succeeded", "progress": {"stage": "Done", "percent": 99.9}}, 4)
+    assert done == "c  Succeeded  Done  [####]  100.0%"
+    failed = render.progress_line("c", {"phase": "Failed", "reason": "InputNotFound",
+                                        "progress": {"stage": "Downloading", "fps": 3}}, 4)
+    assert failed == "c  Failed  Downloading  [----]    0.0%  InputNotFound"
+
+
+def test_bar_and_formatting() -> None:
+    assert render.bar(-5, 4) == "[----]" and render.bar(250, 4) == "[####]" and render.bar(50, 4) == "[##--]"
+    assert [render.format_duration(s) for s in (None, -1, 0, 59.6, 75, 3725, 90000)] == \
+        ["-", "-", "0s", "1m00s", "1m15s", "1h02m", "1d01h"]
+    assert [render.format_bytes(n) for n in (None, 0, 1023, 1536, 5 * 1024 ** 3)] == \
+        ["-", "0 B", "1023 B", "1.5 KiB", "5.0 GiB"]
+    assert render.upload_line("up", 512, 1024, 4) == "up  [##--]  50.0%  512 B / 1.0 KiB"
+    assert render.upload_line("up", 512, None) == "up  512 B"
+
+
+@pytest.mark.parametrize(("phase", "deleted", "code"), [
+    ("Succeeded", False, Exit.OK), ("Failed", False, Exit.FAILED), ("Cancelled", False, Exit.CANCELLED),
+    ("Running", False, None), ("Pending", False, None), ("Suspended", False, None), (None, False, None),
+    (None, True, Exit.GONE),
+])
+def test_exit_code(phase: str | None, deleted: bool, code: int | None) -> None:
+    assert render.exit_code(phase, deleted) == code
+
+
+def test_final_message_names_the_reason() -> None:
+    msg = render.final_message("x", {"phase": "Failed", "reason": "InputNotFound", "message": "no such key"})
+    assert msg == "transcodejob x Failed: InputNotFound: no such key"
+    assert render.final_message("x", {"phase": "Cancelled", "reason": "Cancelled"}) == \
+        "transcodejob x Cancelled: Cancelled"
+    assert "2 output(s)" in render.final_message("x", {"phase": "Succeeded", "outputs": [{}, {}]})
+    assert "deleted" in render.final_message("x", None, deleted=True)
+
+
+def test_tables() -> None:
+    now = datetime(2025, 1, 1, 0, 1, 0, tzinfo=UTC)
+    jobs: list[dict[str, Any]] = [
+        {"metadata": {"name": "a", "creationTimestamp": "2025-01-01T00:00:00Z"},
+         "status": {"phase": "Running", "progress": {"stage": "Transcoding", "percent": 12.345, "eta": "9s"}}},
+        {"metadata": {"name": "bb"}, "status": {}},
+    ]
+    text = render.table(render.JOB_HEADERS, render.job_rows(jobs, now))
+    assert text.splitlines() == [
+        "NAME   PHASE     STAGE         PROGRESS   ETA   REASON   AGE",
+        "a      Running   Transcoding   12.3       9s    -        1m00s",
+        "bb     Pending   -             -          -     -        -",
+    ]
+    rows = render.output_rows({"outputs": [{"name": "web", "uri": "s3://b/w.mp4", "sizeBytes": 10,
+                                            "checksum": "sha256:ab"}, {"name": "hls", "uri": "s3://b/h/"}]})
+    assert rows == [["web", "s3://b/w.mp4", "10", "sha256:ab"], ["hls", "s3://b/h/", "-", "-"]]
+
+
+def test_describe_and_checksum() -> None:
+    job = {"metadata": {"name": "j", "namespace": "n"}, "spec": {"input": {"uri": "s3://b/i.mp4"},
+                                                               "outputs": [{"name": "w", "uri": "s3://b/w.mp4"}]},
+           "status": {"phase": "Failed", "reason": "InputNotFound", "message": "gone", "attempts": 1}}
+    text = render.describe(job)
+    assert "Reason:     InputNotFound" in text and "w -> s3://b/w.mp4 (not written yet)" in text
+    assert render.checksum_ok("sha256:ABC", "abc") is True
+    assert render.checksum_ok("sha256:abc", "abd") is False
+    assert render.checksum_ok(None, "abc") is None
+
+
+def test_shim_events_fold_into_a_status() -> None:
+    job = {"name": "j", "createdAt": "t", "spec": {"input": {}}, "status": {"phase": "Pending"}}
+    cr = render.shim_job_to_cr(job)
+    assert cr["metadata"]["name"] == "j" and cr["status"] == {"phase": "Pending"}
+    status = render.fold_event({}, "state", job)
+    status = render.fold_event(status, "phase", {"from": "Pending", "to": "Running", "reason": None})
+    status = render.fold_event(status, "stage", {"from": None, "to": "Transcoding"})
+    assert status == {"phase": "Running", "progress": {"stage": "Transcoding"}}
+    status = render.fold_event(status, "progress", {"stage": "Transcoding", "percent": 50})
+    status = render.fold_event(status, "phase", {"from": "Running", "to": "Failed", "reason": "InternalError",
+                                                 "message": "boom"})
+    assert status == {"phase": "Failed", "reason": "InternalError", "message": "boom",
+                      "progress": {"stage": "Transcoding", "percent": 50}}
+    assert render.fold_event(status, "heartbeat", {}) == status
+
+
+def test_sse_parse() -> None:
+    lines = ["retry: 3000", "", ": comment", "id: 7", "event: state", 'data: {"a": 1}', "",
+             "event: progress", 'data: {"b":', 'data: 2}', "", "event: heartbeat", "data: {}", "",
+             "event: broken", "data: not json", "", "data: {\"m\": 1}", "", "event: cut", "data: {}"]
+    assert list(sse.parse(lines)) == [("state", {"a": 1}), ("progress", {"b": 2}), ("heartbeat", {}),
+                                      ("message", {"m": 1})]
+
+
+# ---- the command line itself (no backend needed) ----------------------------------------------------------
+
+def test_global_options_before_or_after_the_command() -> None:
+    before = parser().parse_args(["-n", "media", "--api-url", "http://x", "watch", "job"])
+    after = parser().parse_args(["watch", "job", "-n", "media", "--api-url", "http://x"])
+    for args in (before, after):
+        assert (args.namespace, args.api_url, args.name, args.quiet) == ("media", "http://x", "job", False)
+
+
+def test_dry_run_prints_the_manifest_and_bad_specs_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "--dry-run", "--input", IN, "--name", "x",
+                 "--output", "uri=s3://transkube/o/w.mp4,container=mp4,height=240"]) == Exit.OK
+    out = capsys.readouterr().out
+    assert "kind: TranscodeJob" in out and "name: x" in out and "height: 240" in out
+    assert main(["submit", "--dry-run", "--input", IN,
+                 "--output", "uri=s3://transkube/o/w.mp4,container=mp4,crf=99"]) == Exit.USAGE
+    assert "outputs[0].video.crf" in capsys.readouterr().err
+
+
+def test_shim_backend_needs_a_key(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRANSKUBE_API_KEY", raising=False)
+    assert main(["list", "--api-url", "http://127.0.0.1:9"]) == Exit.USAGE
+    assert "TRANSKUBE_API_KEY" in capsys.readouterr().err
+
+
+def test_submit_validates_before_connecting(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    monkeypatch.delenv("TRANSKUBE_API_URL", raising=False)
+    assert main(["submit", "--input", IN, "--output", "uri=s3://transkube/o/w.webm,container=webm,vcodec=h264"]) \
+        == Exit.USAGE
+    err = capsys.readouterr().err
+    assert "outputs[0]: webm cannot carry" in err and "credentials" not in err
+    assert main(["submit", "--preset", "p", "--input", IN]) == Exit.USAGE
+    assert "exactly one --output" in capsys.readouterr().err
