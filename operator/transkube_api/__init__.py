@@ -11,13 +11,17 @@ from .models import (
     OutputResult,
     OutputSpec,
     Progress,
+    QualityMetrics,
+    QualitySpec,
     TranscodeJobSpec,
     TranscodeJobStatus,
+    TranscodePresetSpec,
     VideoSpec,
 )
 
 __all__ = [
     "GROUP", "KIND", "PLURAL", "SHORT_NAME", "SINGULAR", "VERSION",
     "AcceleratorSpec", "AudioSpec", "Condition", "InputFacts", "InputSpec", "OutputResult", "OutputSpec",
-    "Progress", "TranscodeJobSpec", "TranscodeJobStatus", "VideoSpec",
+    "Progress", "QualityMetrics", "QualitySpec", "TranscodeJobSpec", "TranscodeJobStatus", "TranscodePresetSpec",
+    "VideoSpec",
 ]

@@ -64,3 +64,15 @@ LIMIT_DEFAULTS: dict[str, int] = {
     "TRANSKUBE_MAX_STREAMS": 32,
     "TRANSKUBE_MAX_OUTPUT_BYTES": 0,
 }
+
+# The cluster-scoped TranscodePreset kind: reusable output settings, referenced by outputs[].preset.
+PRESET_KIND = "TranscodePreset"
+PRESET_PLURAL = "transcodepresets"
+PRESET_SINGULAR = "transcodepreset"
+PRESET_SHORT_NAME = "tp"
+# Why the operator fails a job whose presets cannot be resolved (no Job is created).
+REASON_PRESET_NOT_FOUND = "PresetNotFound"
+REASON_INVALID_PRESET = "InvalidPreset"
+# The quality gate: an output below its gate's min (after the one re-encode, if asked for). Exit UNSUPPORTED,
+# a permanent class: the same input with the same settings encodes to the same quality, a retry cannot help.
+REASON_QUALITY_BELOW_THRESHOLD = "QualityBelowThreshold"

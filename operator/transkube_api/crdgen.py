@@ -1,4 +1,5 @@
-"""Generates the TranscodeJob CRD from the pydantic models: `python -m transkube_api.crdgen --write`.
+"""Generates the CRDs (TranscodeJob, TranscodePreset) from the pydantic models: `python -m transkube_api.crdgen
+--write`.
 
 pydantic emits JSON Schema 2020-12; Kubernetes wants a structural OpenAPI v3.0 schema, so refs are
 inlined, nullable unions collapsed, titles dropped and exclusive bounds rewritten. A unit test fails when
@@ -15,12 +16,27 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .constants import CATEGORY, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION
-from .models import IMMUTABLE_EXCEPT, TranscodeJobSpec, TranscodeJobStatus
+from .constants import (
+    CATEGORY,
+    GROUP,
+    KIND,
+    PLURAL,
+    PRESET_KIND,
+    PRESET_PLURAL,
+    PRESET_SHORT_NAME,
+    PRESET_SINGULAR,
+    SHORT_NAME,
+    SINGULAR,
+    VERSION,
+)
+from .models import IMMUTABLE_EXCEPT, TranscodeJobSpec, TranscodeJobStatus, TranscodePresetSpec
 
 REPO = Path(__file__).resolve().parents[2]
+CRD_DIRS = (REPO / "crds", REPO / "charts" / "transkube" / "crds")
 CRD_FILE = f"{PLURAL}.{GROUP}.yaml"
-CRD_PATHS = (REPO / "crds" / CRD_FILE, REPO / "charts" / "transkube" / "crds" / CRD_FILE)
+PRESET_CRD_FILE = f"{PRESET_PLURAL}.{GROUP}.yaml"
+CRD_PATHS = tuple(d / CRD_FILE for d in CRD_DIRS)
+PRESET_CRD_PATHS = tuple(d / PRESET_CRD_FILE for d in CRD_DIRS)
 
 _DROP = {"title", "additionalProperties", "$defs"}
 
@@ -136,20 +152,71 @@ def crd() -> dict[str, Any]:
     }
 
 
+def preset_crd() -> dict[str, Any]:
+    spec_schema = model_schema(TranscodePresetSpec)
+    spec_schema["description"] = ("One output's settings without name and URI; outputs[].preset names the preset, "
+                                  "and the output's own settings override these.")
+    columns = [
+        {"name": "Type", "type": "string", "jsonPath": ".spec.type", "description": "Output type."},
+        {"name": "Container", "type": "string", "jsonPath": ".spec.container", "description": "Container format."},
+        {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1,
+         "description": "What the preset is for."},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PRESET_PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "transkube"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": PRESET_KIND, "listKind": f"{PRESET_KIND}List", "plural": PRESET_PLURAL,
+                      "singular": PRESET_SINGULAR, "shortNames": [PRESET_SHORT_NAME], "categories": [CATEGORY]},
+            "scope": "Cluster",
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A TranscodePreset holds reusable output settings (cluster-wide) that "
+                                   "TranscodeJob outputs reference by name.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+                        "kind": {"type": "string", "description": "Kind of this object."},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                    },
+                }},
+            }],
+        },
+    }
+
+
+HEADER = "# Generated from operator/transkube_api/models.py by `python -m transkube_api.crdgen --write`.\n"
+
+
 def render() -> str:
-    header = "# Generated from operator/transkube_api/models.py by `python -m transkube_api.crdgen --write`.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+def render_preset() -> str:
+    return HEADER + yaml.safe_dump(preset_crd(), sort_keys=False, width=120)
+
+
+def rendered() -> dict[Path, str]:
+    """Every generated file and its content."""
+    job, preset = render(), render_preset()
+    return {**{p: job for p in CRD_PATHS}, **{p: preset for p in PRESET_CRD_PATHS}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="write the CRD files instead of printing")
     args = parser.parse_args(argv)
-    text = render()
     if not args.write:
-        sys.stdout.write(text)
+        sys.stdout.write(render() + "---\n" + render_preset())
         return 0
-    for path in CRD_PATHS:
+    for path, text in rendered().items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO)}", file=sys.stderr)

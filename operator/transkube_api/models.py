@@ -375,6 +375,49 @@ class FiltersSpec(ApiModel):
     watermark: WatermarkSpec | None = Field(default=None, description="Overlay an image from S3.")
 
 
+# ---- quality -----------------------------------------------------------------------------------------
+
+QualityMetric = Literal["psnr", "ssim", "vmaf"]
+
+QUALITY_RULES = (
+    Rule("!has(self.gate) || self.gate.metric in self.metrics", "the gate's metric must be one of metrics",
+         lambda q: q.gate is None or q.gate.metric in q.metrics, ".gate.metric"),
+    Rule("!has(self.gate) || self.gate.metric != 'ssim' || self.gate.min <= 1.0",
+         "an ssim gate's min is at most 1", lambda q: q.gate is None or q.gate.metric != "ssim" or q.gate.min <= 1,
+         ".gate.min"),
+    Rule("self.metrics.all(m, self.metrics.exists_one(n, n == m))", "metrics must be unique",
+         lambda q: len(set(q.metrics)) == len(q.metrics), ".metrics"),
+)
+
+
+def _default_metrics() -> list[QualityMetric]:
+    return ["psnr", "ssim"]
+
+
+class QualityGateSpec(ApiModel):
+    metric: QualityMetric = Field(description="Which metric to compare: psnr (dB), ssim (0-1) or vmaf (0-100).")
+    min: Annotated[float, Field(ge=0, le=100)] = Field(description="Lowest acceptable value of the metric.")
+    on_fail: Literal["fail", "reencode"] = Field(
+        default="fail", description="Below min: fail the job (QualityBelowThreshold), or re-encode this output once "
+                                    "at a higher quality (crf -6, or bitrate x1.5) and fail only if that is still "
+                                    "below.")
+
+
+class QualitySpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(QUALITY_RULES))
+
+    metrics: Annotated[list[QualityMetric], Field(min_length=1, max_length=3)] = Field(
+        default_factory=_default_metrics, json_schema_extra={"default": ["psnr", "ssim"]},
+        description="Metrics to compute against the source: psnr, ssim, vmaf (only where ffmpeg has libvmaf; "
+                    "status.outputs[].metrics.unavailable lists what could not be computed).")
+    gate: QualityGateSpec | None = Field(default=None, description="Optional minimum of one metric.")
+
+    @model_validator(mode="after")
+    def _check(self) -> QualitySpec:
+        _enforce(self, QUALITY_RULES)
+        return self
+
+
 OutputType = Literal["file", "hls", "dash", "thumbnails", "sprite", "poster"]
 PREFIX_TYPES = ("hls", "dash", "thumbnails", "sprite")  # multi-file outputs: the URI is a prefix ending in /
 STREAM_TYPES = ("hls", "dash")
@@ -441,28 +484,48 @@ def _output_rules() -> tuple[Rule, ...]:
              "filters need re-encoded video",
              lambda o: o.filters is None or ((o.video is None or o.video.codec not in ("copy", "none")) and
                                              o.container not in AUDIO_CONTAINERS), ".filters"),
+        Rule("!has(self.quality) || (self.type == 'file' && (!has(self.video) || !(self.video.codec in "
+             f"['copy', 'none'])) && (!has(self.container) || !(self.container in {_in(AUDIO_CONTAINERS)})))",
+             "quality is only for file outputs with re-encoded video",
+             lambda o: o.quality is None or (o.type == "file" and (o.video is None or o.video.codec not in
+                                                                   ("copy", "none"))
+                                             and o.container not in AUDIO_CONTAINERS), ".quality"),
+        Rule("!has(self.quality) || !has(self.video) || !has(self.video.fps)",
+             "quality cannot be measured with video.fps (frames would not line up with the source)",
+             lambda o: o.quality is None or o.video is None or o.video.fps is None, ".quality"),
     ]
     return tuple(rules)
 
 
-OUTPUT_RULES = _output_rules()
+SETTINGS_RULES = _output_rules()
 
 
-class OutputSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=_cel(OUTPUT_RULES))
+def _unless_preset(rule: Rule) -> Rule:
+    """An output that names a preset is only partial until the operator merges the preset into it, so rules that
+    depend on the output's type (which the preset may set) wait for the merge; the merged output is checked in
+    full (InvalidPreset)."""
+    ok = rule.ok
+    return Rule(f"has(self.preset) || ({rule.cel})", rule.message,
+                lambda o: o.preset is not None or ok(o), rule.field_path)
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] = Field(
-        description="Name of this output, unique within the job; status.outputs uses it.")
-    uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
-        description="Where the output is written: s3://bucket/key for file and poster outputs, a prefix "
-                    "s3://bucket/path/ (ending in /) for hls, dash, thumbnails and sprite outputs.")
+
+# Rules of a job's output: the settings rules, type-dependent ones waived while a preset is unresolved.
+OUTPUT_RULES = tuple(_unless_preset(r) if "self.type" in r.cel else r for r in SETTINGS_RULES)
+# Rules of a TranscodePreset: complete settings, except that there is no URI yet.
+PRESET_RULES = tuple(r for r in SETTINGS_RULES if "self.uri" not in r.cel)
+PRESET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class OutputSettings(ApiModel):
+    """What an output produces, without where it goes: shared by job outputs and TranscodePresets."""
+
     type: OutputType = Field(
         default="file", description="file (one media file), hls or dash (an adaptive-streaming package of CMAF "
                                     "segments), thumbnails, sprite (sheet + WebVTT storyboard) or poster (one "
                                     "image).")
     container: ContainerFormat | None = Field(
-        default=None, description="For file outputs (required): mp4, webm, mkv, mov, or audio-only m4a, mp3, ogg, "
-                                  "flac.")
+        default=None, description="For file outputs (required, here or from the preset): mp4, webm, mkv, mov, "
+                                  "or audio-only m4a, mp3, ogg, flac.")
     video: VideoSpec | None = Field(
         default=None, description="Video settings of a file output; unset means the container's default codec "
                                   "(h264, vp9 for webm, none for audio containers).")
@@ -478,6 +541,23 @@ class OutputSpec(ApiModel):
     filters: FiltersSpec | None = Field(
         default=None, description="Video filters applied before scaling (file, hls, dash): deinterlace, denoise, "
                                   "aspect crop/pad, watermark.")
+    quality: QualitySpec | None = Field(
+        default=None, description="file outputs with re-encoded video: measure quality against the source "
+                                  "(status.outputs[].metrics) and optionally gate on it.")
+
+
+class OutputSpec(OutputSettings):
+    model_config = ConfigDict(json_schema_extra=_cel(OUTPUT_RULES))
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] = Field(
+        description="Name of this output, unique within the job; status.outputs uses it.")
+    uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
+        description="Where the output is written: s3://bucket/key for file and poster outputs, a prefix "
+                    "s3://bucket/path/ (ending in /) for hls, dash, thumbnails and sprite outputs.")
+    preset: Annotated[str, Field(min_length=1, max_length=253, pattern=PRESET_NAME_PATTERN)] | None = Field(
+        default=None, description="Name of a TranscodePreset whose settings this output starts from; settings the "
+                                  "output gives override the preset's (see docs/api.md). The operator resolves it "
+                                  "once, when it creates the Job, and records the result in status.resolvedOutputs.")
 
     @model_validator(mode="after")
     def _codecs_fit(self) -> OutputSpec:
@@ -504,7 +584,23 @@ class OutputSpec(ApiModel):
 
     @property
     def is_prefix(self) -> bool:
+        if self.preset is not None:  # unresolved: the preset may set the type
+            return self.uri.endswith("/")
         return self.type in PREFIX_TYPES
+
+
+class TranscodePresetSpec(OutputSettings):
+    """A TranscodePreset's spec: one output's settings without name and URI."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(PRESET_RULES))
+
+    description: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="What the preset is for, for humans.")
+
+    @model_validator(mode="after")
+    def _codecs_fit(self) -> TranscodePresetSpec:
+        _enforce(self, PRESET_RULES)
+        return self
 
 
 class AcceleratorSpec(ApiModel):
@@ -624,6 +720,15 @@ class RenditionResult(ApiModel):
     playlist: str | None = Field(default=None, description="Media playlist of this rendition (HLS), relative.")
 
 
+class QualityMetrics(ApiModel):
+    psnr: float | None = Field(default=None, description="Mean PSNR over all frames and planes, in dB (identical "
+                                                         "frames count as 100).")
+    ssim: float | None = Field(default=None, description="Mean SSIM over all frames and planes, 0-1.")
+    vmaf: float | None = Field(default=None, description="Mean VMAF score, 0-100.")
+    unavailable: list[QualityMetric] | None = Field(
+        default=None, description="Requested metrics this worker could not compute (vmaf without libvmaf).")
+
+
 class OutputResult(ApiModel):
     name: str = Field(description="The output's name from spec.outputs.")
     uri: str = Field(description="Where it was written.")
@@ -642,6 +747,16 @@ class OutputResult(ApiModel):
         default=None, description="hls/dash: the renditions of the ladder, highest first.")
     playlist: str | None = Field(
         default=None, description="hls/dash: the entry point relative to the prefix (master.m3u8 or manifest.mpd).")
+    metrics: QualityMetrics | None = Field(
+        default=None, description="Quality against the source, for outputs with quality set.")
+    reencoded: bool | None = Field(
+        default=None, description="True when the quality gate re-encoded this output at a higher quality.")
+
+
+class PresetUse(ApiModel):
+    output: str = Field(description="The output (spec.outputs[].name) that named the preset.")
+    preset: str = Field(description="The TranscodePreset's name.")
+    generation: int | None = Field(default=None, description="The preset's metadata.generation that was used.")
 
 
 class AcceleratorStatus(ApiModel):
@@ -651,7 +766,12 @@ class AcceleratorStatus(ApiModel):
 
 
 class TranscodeJobStatus(ApiModel):
-    model_config = ConfigDict(frozen=False)
+    # A transition rule: the API server refuses any status write that changes or drops resolvedOutputs.
+    model_config = ConfigDict(frozen=False, json_schema_extra=_rules(
+        ("!has(oldSelf.resolvedOutputs) || (has(self.resolvedOutputs) && "
+         "self.resolvedOutputs == oldSelf.resolvedOutputs)",
+         "status.resolvedOutputs is written once and never changed", ".resolvedOutputs"),
+    ))
 
     observed_generation: int | None = Field(default=None, description="The spec generation the status reflects.")
     phase: Phase | None = Field(
@@ -670,3 +790,12 @@ class TranscodeJobStatus(ApiModel):
     accelerator: AcceleratorStatus | None = Field(default=None, description="Requested and effective accelerator.")
     start_time: str | None = Field(default=None, description="When the first attempt started (RFC 3339).")
     completion_time: str | None = Field(default=None, description="When the job reached a final phase (RFC 3339).")
+    # Plain objects in the CRD (each a spec.outputs[] item, checked by the OutputSpec model whenever the operator
+    # writes or reads them): a second typed copy of the output schema would blow the CRD's CEL cost budget.
+    resolved_outputs: Annotated[list[Annotated[dict[str, Any], Field(json_schema_extra={
+        "x-kubernetes-preserve-unknown-fields": True})]], Field(max_length=10)] | None = Field(
+        default=None, description="When outputs name presets: every output with its preset merged in (an outputs[] "
+                                  "item without preset), as the worker runs it. Written once, when the Job is "
+                                  "created; later preset edits never change it.")
+    presets: Annotated[list[PresetUse], Field(max_length=10)] | None = Field(
+        default=None, description="Which preset (and which generation of it) each preset output was resolved from.")

@@ -19,7 +19,7 @@ from . import metrics
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
-from .reconcile import TERMINAL, CreateJob, parse_time, plan
+from .reconcile import TERMINAL, CreateJob, parse_time, plan, presets_needed
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 CFG = OperatorConfig.from_env()
@@ -66,7 +66,8 @@ def reconcile(namespace: str | None, name: str, logger: Log) -> None:
         try:
             jobs = k.owned_jobs(namespace, name, uid)
             pods = k.worker_pods(namespace, name)
-            result = plan(tj, jobs, pods, CFG, dt.datetime.now(dt.UTC))
+            presets = {p: k.get_preset(p) for p in presets_needed(tj)}
+            result = plan(tj, jobs, pods, CFG, dt.datetime.now(dt.UTC), presets)
             if CFG.manage_worker_rbac and any(isinstance(a, CreateJob) for a in result.actions):
                 k.ensure_worker_rbac(worker_rbac(namespace, CFG))
             for action in result.actions:

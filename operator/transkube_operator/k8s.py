@@ -10,7 +10,17 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from transkube_api.constants import API_VERSION, GROUP, KIND, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from transkube_api.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PLURAL,
+    PRESET_PLURAL,
+    VERSION,
+)
 
 from .reconcile import CreateJob, DeleteJob, Event, SetJobSuspend
 
@@ -34,6 +44,15 @@ class Kube:
     def get_tj(self, namespace: str, name: str) -> Obj | None:
         try:
             return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def get_preset(self, name: str) -> Obj | None:
+        """A cluster-scoped TranscodePreset; None when it (or its CRD) does not exist."""
+        try:
+            return dict(self.custom.get_cluster_custom_object(GROUP, VERSION, PRESET_PLURAL, name))
         except ApiException as e:
             if e.status == 404:
                 return None

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from transkube_api.constants import REASON_BY_EXIT_CODE, WORKER_CONTAINER
+from transkube_api.constants import (
+    REASON_BY_EXIT_CODE,
+    REASON_INVALID_PRESET,
+    REASON_PRESET_NOT_FOUND,
+    WORKER_CONTAINER,
+)
 from transkube_api.models import TranscodeJobSpec
+from transkube_api.presets import PresetError, resolve_output
 
 from . import conditions
 from .config import OperatorConfig
@@ -24,7 +31,7 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 # Why a job waits, shown in status.reason (and the wide Reason column) while Pending.
 PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff")
 OPERATOR_KEYS = ("observedGeneration", "phase", "reason", "message", "conditions", "attempts", "jobName",
-                 "accelerator", "startTime", "completionTime")
+                 "accelerator", "startTime", "completionTime", "resolvedOutputs", "presets")
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,64 @@ def _unschedulable(pod: Obj) -> Obj | None:
     return None
 
 
-def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt.datetime) -> Plan:
+def presets_needed(tj: Obj) -> list[str]:
+    """Names of the TranscodePresets the handler must fetch for plan(): those the outputs name, unless the
+    presets were already resolved (status.resolvedOutputs is written once and then is the truth)."""
+    if (tj.get("status") or {}).get("resolvedOutputs"):
+        return []
+    outputs = (tj.get("spec") or {}).get("outputs") or []
+    return sorted({str(o["preset"]) for o in outputs if isinstance(o, dict) and o.get("preset")})
+
+
+class PresetFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def resolve_presets(spec: TranscodeJobSpec, status: Obj, presets: Mapping[str, Obj | None]
+                    ) -> tuple[TranscodeJobSpec, Obj]:
+    """The spec the worker runs (outputs with their presets merged in) and the status keys that record it.
+    `presets`: the fetched TranscodePreset objects by name, None for a missing one. Once status.resolvedOutputs
+    exists it is used as is, so later preset edits never change a job. Raises PresetFailure."""
+    if not any(o.preset for o in spec.outputs):
+        return spec, {}
+    recorded = status.get("resolvedOutputs")
+    if recorded:
+        try:
+            return TranscodeJobSpec.model_validate({**spec.wire(), "outputs": recorded}), {}
+        except ValidationError as exc:
+            raise PresetFailure(REASON_INVALID_PRESET, f"status.resolvedOutputs is not valid: "
+                                                       f"{exc.errors()[0]['msg']}") from exc
+    outputs: list[Obj] = []
+    uses: list[Obj] = []
+    for o in spec.outputs:
+        wire = o.wire()
+        if not o.preset:
+            outputs.append(wire)
+            continue
+        obj = presets.get(o.preset)
+        if obj is None:
+            raise PresetFailure(REASON_PRESET_NOT_FOUND,
+                                f"output {o.name}: TranscodePreset {o.preset!r} does not exist")
+        try:
+            outputs.append(resolve_output(wire, obj.get("spec") or {}))
+        except PresetError as exc:
+            raise PresetFailure(REASON_INVALID_PRESET, f"output {o.name}, preset {o.preset}: {exc}") from exc
+        generation = (obj.get("metadata") or {}).get("generation")
+        uses.append({"output": o.name, "preset": o.preset, **({"generation": generation} if generation else {})})
+    try:
+        resolved = TranscodeJobSpec.model_validate({**spec.wire(), "outputs": outputs})
+    except ValidationError as exc:
+        raise PresetFailure(REASON_INVALID_PRESET, f"the outputs with their presets are not valid: "
+                                                   f"{exc.errors()[0]['msg']}") from exc
+    return resolved, {"resolvedOutputs": [o.wire() for o in resolved.outputs], "presets": uses}
+
+
+def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt.datetime,
+         presets: Mapping[str, Obj | None] | None = None) -> Plan:
+    """`presets`: the TranscodePresets named in presets_needed(tj), by name (None: not found)."""
     meta = tj["metadata"]
     status: Obj = tj.get("status") or {}
     generation = meta.get("generation")
@@ -163,6 +227,13 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         events.append(Event("Normal", "Cancelled", "spec.cancel is true: the Job and its pods are being deleted"))
         return _finish(tj, Plan(phase="Cancelled", actions=actions, events=events), desired, "Cancelled",
                        "Cancelled", "cancelled as requested by spec.cancel", now_s)
+
+    try:
+        spec, recorded = resolve_presets(spec, status, presets or {})
+    except PresetFailure as failure:
+        return _finish(tj, Plan(phase="Failed", actions=actions), desired, "Failed", failure.reason,
+                       failure.message, now_s, events_if_new=True)
+    desired.update(recorded)
 
     if job is None:
         manifest = build_job(owner, spec, cfg, effective)

@@ -7,6 +7,7 @@ import json
 
 from transkube_api.constants import (
     REASON_BY_EXIT_CODE,
+    REASON_QUALITY_BELOW_THRESHOLD,
     REASON_STORAGE_ACCESS_DENIED,
     REASON_TERMINATED,
     REASON_TRANSCODEJOB_DELETED,
@@ -54,6 +55,13 @@ class StorageDenied(Unsupported):
     actually happened."""
 
     reason_override = REASON_STORAGE_ACCESS_DENIED
+
+
+class QualityBelowThreshold(Unsupported):
+    """An output's quality metric is below its gate's min. Permanent (exit UNSUPPORTED): the same input and
+    settings encode to the same quality every time, so a retry only burns the budget."""
+
+    reason_override = REASON_QUALITY_BELOW_THRESHOLD
 
 
 class Transient(WorkerError):

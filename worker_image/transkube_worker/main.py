@@ -24,16 +24,17 @@ from transkube_api.models import InputFacts, OutputResult, OutputSpec, Progress,
 
 from . import __version__
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
-from .errors import Internal, WorkerError, termination_message
+from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, WorkerError, termination_message
 from .ffmpeg_args import DEFAULT_LIMITS, Accelerator, Limits, LoudnormMeasurement, bitrate_bits, output_paths
 from .limits import check_facts, check_size
 from .logs import configure_logging
 from .media_args import DASH_MANIFEST, HLS_MASTER, ladder, parse_loudnorm, sprite_layout, storyboard_vtt
 from .probe import ProbeFailed, probe_input, probe_output, run_ffprobe
 from .progress import ProgressReporter, ProgressSample, compute_progress, utcnow
+from .quality import QualityOutcome, available_filters, boosted, computable, gate_value, parse_metrics, quality_argv
 from .signals import SignalGuard
 from .status_writer import KubeStatusWriter, NullStatusWriter, StatusWriter
-from .steps import Step, analysis_steps, media_steps
+from .steps import Step, analysis_steps, media_seconds, media_steps
 from .storage import (
     CONTENT_TYPES,
     ByteCounter,
@@ -60,32 +61,40 @@ SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, Path], facts: InputFacts,
                    accelerator: Accelerator, reporter: ProgressReporter, *, limits: Limits = DEFAULT_LIMITS,
-                   assets: dict[str, Path] | None = None) -> list[str]:
+                   assets: dict[str, Path] | None = None,
+                   quality: dict[str, QualityOutcome] | None = None) -> list[str]:
     """Plan and run every ffmpeg step on local files (loudness analyses first, then the file outputs' shared
-    run, then one run per package/image output), reporting progress over all of them as one Transcoding stage;
-    returns the argv of the first output-writing step. This is also what bench/worker_overhead.py measures, so
-    it stays free of storage and Kubernetes."""
+    run, then one run per package/image output, then the quality measurements and any quality re-encode),
+    reporting progress over all of them as one Transcoding stage (never going backwards); returns the argv of
+    the first output-writing step and fills `quality` with each measured output's outcome. This is also what
+    bench/worker_overhead.py measures, so it stays free of storage and Kubernetes."""
     for name, path in outputs.items():
         if any(o.name == name and o.is_prefix for o in spec.outputs):
             path.mkdir(parents=True, exist_ok=True)
+    measured = [o for o in spec.outputs if o.quality is not None]
     analyses = analysis_steps(spec, input_path, facts, limits)
     # Planned once without measurements only to weigh the steps (and to fail fast on input that cannot feed them).
     weights = [s.media_seconds for s in media_steps(spec, input_path, outputs, facts, accelerator, limits=limits,
                                                     assets=assets)]
-    total = sum(s.media_seconds for s in analyses) + sum(weights) or None
+    total = (sum(s.media_seconds for s in analyses) + sum(weights)
+             + sum(media_seconds(o, facts) for o in measured)) or None
     reporter.update(compute_progress("Transcoding", utcnow(), duration_seconds=total))
     done = 0.0
+    best = 0.0
 
     def run(step: Step, last: bool) -> str:
         nonlocal done
         offset = done
 
         def on_sample(sample: ProgressSample) -> None:
+            nonlocal best
             shifted = ProgressSample(frame=sample.frame, fps=sample.fps, speed=sample.speed,
                                      out_time_seconds=offset + min(sample.out_time_seconds or 0.0,
                                                                    step.media_seconds),
                                      end=sample.end and last)
-            reporter.update(compute_progress("Transcoding", utcnow(), sample=shifted, duration_seconds=total))
+            progress = compute_progress("Transcoding", utcnow(), sample=shifted, duration_seconds=total)
+            best = max(best, progress.percent)  # a quality re-encode adds work: hold, never go back
+            reporter.update(progress.model_copy(update={"percent": best}))
 
         stderr = run_ffmpeg(step.argv, on_sample)
         done += step.media_seconds
@@ -97,11 +106,60 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
     steps = media_steps(spec, input_path, outputs, facts, accelerator, limits=limits, assets=assets,
                         loudness=loudness)
     for i, step in enumerate(steps):
-        run(step, last=i == len(steps) - 1)
+        run(step, last=i == len(steps) - 1 and not measured)
         log.info("step done", extra={"fields": {"step": step.name, "argv": step.argv}})
     for o in spec.outputs:
         if o.type == "sprite":
             (outputs[o.name] / "storyboard.vtt").write_text(storyboard_vtt(sprite_layout(o, facts)))
+
+    def measure(o: OutputSpec) -> QualityOutcome:
+        assert o.quality is not None
+        if facts.video_codec is None:
+            raise InvalidInput(f"output {o.name} asks for quality metrics, but the input has no video")
+        metrics, unavailable = computable(list(o.quality.metrics), available_filters())
+        gate = o.quality.gate
+        if gate is not None and gate.metric in unavailable:
+            raise Unsupported(f"output {o.name}: the quality gate needs {gate.metric}, which this worker's ffmpeg "
+                              "cannot compute (no libvmaf)")
+        if not metrics:
+            return QualityOutcome(parse_metrics("", [], unavailable))
+        probed = probe_output(outputs[o.name], name=o.name, uri=o.uri, checksum=None)
+        if not probed.width or not probed.height:
+            raise Internal(f"output {o.name} has no video to measure")
+        argv = quality_argv(o, outputs[o.name], input_path, probed.width, probed.height, metrics,
+                             frame_rate=facts.frame_rate, stream_count=facts.stream_count, limits=limits)
+        stderr = run(Step(f"quality-{o.name}", argv, media_seconds(o, facts)), last=False)
+        try:
+            result = parse_metrics(stderr, metrics, unavailable)
+        except ValueError as exc:
+            raise Internal(f"output {o.name}: {exc}") from exc
+        log.info("quality measured", extra={"fields": {"output": o.name, "metrics": result.wire()}})
+        return QualityOutcome(result)
+
+    for o in measured:
+        assert o.quality is not None
+        outcome = measure(o)
+        gate = o.quality.gate
+        value = gate_value(outcome.metrics, gate.metric) if gate else None
+        if gate is not None and value is not None and value < gate.min:
+            if gate.on_fail == "reencode":
+                better = boosted(o)
+                log.info("quality below the gate: re-encoding", extra={"fields": {
+                    "output": o.name, gate.metric: value, "min": gate.min,
+                    "video": better.video.wire() if better.video else None}})
+                total = (total or 0.0) + 2 * media_seconds(o, facts)  # run() reads it: the bar makes room
+                one = spec.model_copy(update={"outputs": [better]})
+                for step in media_steps(one, input_path, outputs, facts, accelerator, limits=limits, assets=assets,
+                                        loudness=loudness):
+                    run(step, last=False)
+                outcome = QualityOutcome(measure(better).metrics, reencoded=True)
+                value = gate_value(outcome.metrics, gate.metric)
+            if value is not None and value < gate.min:
+                after = " after one re-encode at a higher quality" if outcome.reencoded else ""
+                raise QualityBelowThreshold(f"output {o.name}: {gate.metric} {value:g} is below the gate's min "
+                                            f"{gate.min:g}{after}")
+        if quality is not None:
+            quality[o.name] = outcome
     return steps[0].argv if steps else []
 
 
@@ -116,6 +174,7 @@ class Attempt:
         self.scratch: Path | None = None
         self.client: S3Client | None = None
         self.submitted: list[S3Location] = []
+        self.quality: dict[str, QualityOutcome] = {}
 
     def _write(self, progress: Progress) -> None:
         if progress.stage == "Done":
@@ -137,7 +196,7 @@ class Attempt:
         outputs = output_paths(spec, out_dir)
         started = time.monotonic()
         argv = transcode_step(spec, input_path, outputs, facts, self.cfg.accelerator, self.reporter,
-                              limits=self.cfg.limits.ffmpeg, assets=assets)
+                              limits=self.cfg.limits.ffmpeg, assets=assets, quality=self.quality)
         log.info("transcoded", extra={"fields": {"seconds": round(time.monotonic() - started, 2), "argv": argv}})
         return self._upload(self.client, outputs, facts)
 
@@ -207,7 +266,8 @@ class Attempt:
         started = time.monotonic()
         upload_all(client, uploads, counter, transfer_config(), tick, self.submitted.append, hash_outputs)
         log.info("uploaded", extra={"fields": {"bytes": total, "seconds": round(time.monotonic() - started, 2)}})
-        return [output_result(o, outputs[o.name], facts, checksums.get(o.uri)) for o in spec.outputs]
+        return [with_quality(output_result(o, outputs[o.name], facts, checksums.get(o.uri)), self.quality.get(o.name))
+                for o in spec.outputs]
 
     def discard_outputs(self) -> None:
         """A failed or interrupted attempt leaves no partial outputs behind (deleting a missing key is a no-op)."""
@@ -271,6 +331,12 @@ def output_result(output: OutputSpec, path: Path, facts: InputFacts, checksum: s
         **base, "renditions": renditions, "playlist": playlist, "duration_seconds": probed.duration_seconds,
         "video_codec": probed.video_codec, "audio_codec": probed.audio_codec,
         "width": renditions[0].width if renditions else None, "height": renditions[0].height if renditions else None})
+
+
+def with_quality(result: OutputResult, outcome: QualityOutcome | None) -> OutputResult:
+    if outcome is None:
+        return result
+    return result.model_copy(update={"metrics": outcome.metrics, "reencoded": True if outcome.reencoded else None})
 
 
 def write_termination_log(path: Path, error: WorkerError) -> None:

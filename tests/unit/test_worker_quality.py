@@ -1,0 +1,118 @@
+"""Quality metrics: the comparison argv, parsing ffmpeg's summaries, the re-encode settings, the API rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from transkube_api.constants import ExitCode
+from transkube_api.models import OutputSpec, QualitySpec
+from transkube_worker.errors import QualityBelowThreshold
+from transkube_worker.quality import boosted, cfr_sync, computable, parse_metrics, quality_argv, trim_filter
+
+SRC, OUT = Path("/scratch/input.mp4"), Path("/scratch/out/web.mp4")
+
+
+def output(**extra: Any) -> OutputSpec:
+    return OutputSpec.model_validate({"name": "web", "uri": "s3://bkt/web.mp4", "container": "mp4",
+                                      "quality": {}, **extra})
+
+
+def graph(argv: list[str]) -> str:
+    return argv[argv.index("-filter_complex") + 1]
+
+
+def test_reference_is_scaled_to_the_output_and_both_start_at_zero() -> None:
+    argv = quality_argv(output(), OUT, SRC, 426, 240, ["psnr", "ssim"])
+    g = graph(argv)
+    assert g.startswith("[0:V:0]format=yuv420p,setpts=PTS-STARTPTS,split=2[d0][d1];")
+    assert "[1:V:0]scale=426:240:flags=bicubic,format=yuv420p,setpts=PTS-STARTPTS,split=2[r0][r1]" in g
+    assert g.endswith("[d0][r0]psnr=shortest=1;[d1][r1]ssim=shortest=1")
+    assert argv[argv.index("-loglevel") + 1] == "info" and argv[-3:] == ["-f", "null", "-"]
+    # Both inputs hardened like every other input: file protocol only, whitelisted demuxers.
+    assert argv.count("-protocol_whitelist") == 2 and argv.count("-format_whitelist") == 2
+    inputs = [argv[i + 1] for i, a in enumerate(argv) if a == "-i"]
+    assert inputs == [f"file:{OUT}", f"file:{SRC}"]
+
+
+def test_reference_honours_trim_and_filters() -> None:
+    o = output(video={"codec": "h264"}, trim={"startSeconds": 1.5, "durationSeconds": 2},
+               filters={"deinterlace": True, "aspect": {"ratio": "1:1"}})
+    argv = quality_argv(o, OUT, SRC, 240, 240, ["ssim"], frame_rate=25, stream_count=2)
+    assert argv[argv.index(f"file:{OUT}") + 1:].count("-ss") == 0  # the cut is a filter, not a seek
+    g = graph(argv)
+    assert "[1:V:0]bwdif=" in g and "crop=" in g and "trim=start=1.4795:duration=2.021,scale=240:240" in g
+    assert "split=1[d0]" in g and g.endswith("[d0][r0]ssim=shortest=1")
+
+
+def test_reference_cut_follows_ffmpeg_output_seek() -> None:
+    # Constant-frame-rate sync (mp4/mov, input with more than one stream): the frame nearest the start, ties to
+    # the earlier one; otherwise the first frame at or after the start.
+    mp4 = output(trim={"startSeconds": 1.5})
+    assert trim_filter(mp4, 25, cfr_sync(mp4, 2)) == "trim=start=1.4795"
+    assert trim_filter(mp4, 25, cfr_sync(mp4, 1)) == "trim=start=1.5"
+    mkv = output(container="mkv", trim={"startSeconds": 1.5, "endSeconds": 3})
+    assert trim_filter(mkv, 25, cfr_sync(mkv, 2)) == "trim=start=1.5:duration=1.5"
+    assert trim_filter(output(trim={"durationSeconds": 2}), 25, True) == "trim=duration=2"
+    assert trim_filter(output(), 25, True) is None
+
+
+def test_vmaf_uses_libvmaf_and_is_reported_unavailable_without_it() -> None:
+    assert graph(quality_argv(output(), OUT, SRC, 64, 64, ["vmaf"])).endswith("[d0][r0]libvmaf")
+    assert computable(["psnr", "ssim", "vmaf"], frozenset({"psnr", "ssim"})) == (["psnr", "ssim"], ["vmaf"])
+    assert computable(["vmaf"], frozenset({"psnr", "ssim", "libvmaf"})) == (["vmaf"], [])
+    with pytest.raises(ValueError, match="no metric"):
+        quality_argv(output(), OUT, SRC, 64, 64, [])
+
+
+STDERR = """\
+[Parsed_ssim_8 @ 0x5] SSIM Y:0.857755 (8.469635) U:0.904498 (10.199863) V:0.929192 (11.499157) All:0.877452 (9.1)
+[Parsed_psnr_7 @ 0x5] PSNR y:27.752082 u:29.440024 v:27.731900 average:27.988108 min:26.860075 max:28.798468
+[Parsed_libvmaf_9 @ 0x5] VMAF score: 71.234000
+"""
+
+
+def test_parse_metrics() -> None:
+    m = parse_metrics(STDERR, ["psnr", "ssim", "vmaf"], [])
+    assert (m.psnr, m.ssim, m.vmaf, m.unavailable) == (27.9881, 0.8775, 71.234, None)
+    m = parse_metrics(STDERR, ["psnr"], ["vmaf"])
+    assert (m.psnr, m.ssim, m.unavailable) == (27.9881, None, ["vmaf"])
+    identical = "PSNR y:inf u:inf v:inf average:inf min:inf max:inf"
+    assert parse_metrics(identical, ["psnr"], []).psnr == 100.0
+    with pytest.raises(ValueError, match="no ssim result"):
+        parse_metrics("nothing", ["ssim"], [])
+
+
+def test_reencode_raises_quality() -> None:
+    assert boosted(output(video={"codec": "h264", "crf": 30})).video.crf == 24  # type: ignore[union-attr]
+    assert boosted(output(video={"codec": "h264", "crf": 3})).video.crf == 0  # type: ignore[union-attr]
+    assert boosted(output(video={"codec": "h264", "bitrate": "2M"})).video.bitrate == "3000k"  # type: ignore[union-attr]
+    assert boosted(output(video={"codec": "h264", "bitrate": "20k"})).video.bitrate == "30k"  # type: ignore[union-attr]
+    plain = boosted(output(container="webm"))
+    assert plain.video is not None and (plain.video.codec, plain.video.crf) == ("vp9", 25)
+    assert boosted(output()).video.crf == 17  # type: ignore[union-attr]
+
+
+def test_quality_below_threshold_is_permanent() -> None:
+    err = QualityBelowThreshold("psnr 20 is below 30")
+    assert err.reason == "QualityBelowThreshold" and err.exit_code in ExitCode.PERMANENT
+
+
+def test_quality_rules() -> None:
+    assert QualitySpec().metrics == ["psnr", "ssim"]
+    with pytest.raises(ValidationError, match="the gate's metric must be one of metrics"):
+        QualitySpec.model_validate({"metrics": ["psnr"], "gate": {"metric": "ssim", "min": 0.9}})
+    with pytest.raises(ValidationError, match="an ssim gate's min is at most 1"):
+        QualitySpec.model_validate({"gate": {"metric": "ssim", "min": 40}})
+    with pytest.raises(ValidationError, match="metrics must be unique"):
+        QualitySpec.model_validate({"metrics": ["psnr", "psnr"]})
+    with pytest.raises(ValidationError, match="quality is only for file outputs with re-encoded video"):
+        output(video={"codec": "copy"})
+    with pytest.raises(ValidationError, match="quality is only for file outputs with re-encoded video"):
+        OutputSpec.model_validate({"name": "h", "uri": "s3://bkt/h/", "type": "hls", "quality": {}})
+    with pytest.raises(ValidationError, match="quality is only for file outputs with re-encoded video"):
+        output(container="m4a")
+    with pytest.raises(ValidationError, match=r"quality cannot be measured with video\.fps"):
+        output(video={"codec": "h264", "fps": 12})
