@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import ssl
 import sys
 import time
@@ -140,6 +141,13 @@ class LocalCluster:
             raise RuntimeError(f"{self.dir} already holds a cluster; run `down` first")
         bins = tools.ensure_all()
         t_tools = time.monotonic() - t0
+        # A new cluster never inherits an old one's etcd or S3 data (its PKI and tokens are new too).
+        if self.dir.exists():
+            for child in self.dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         for sub in ("pki", "logs", "etcd", "kubeconfigs", "certs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         cluster_id = uuid.uuid4().hex

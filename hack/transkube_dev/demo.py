@@ -30,12 +30,16 @@ def main(cluster_dir: str) -> int:
         return subprocess.run([str(kubectl_bin), f"--kubeconfig={state.kubeconfig}", *args], input=stdin,
                               check=check, capture_output=True, text=True).stdout
 
-    print("== installing the chart (CRDs, RBAC, operator) into transkube-system", flush=True)
+    # Helm installs crds/ only on first install; applying them first keeps re-runs and upgrades current.
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tools.REPO_DIR / "charts" / "transkube" / "crds"))
+    shim_port = procs.free_port()
+    print("== installing the chart (CRDs, RBAC, operator, shim, presets) into transkube-system", flush=True)
     subprocess.run([str(helm_bin), f"--kubeconfig={state.kubeconfig}", "upgrade", "--install", "transkube",
                     str(tools.REPO_DIR / "charts" / "transkube"), "-n", "transkube-system", "--create-namespace",
                     "--set", f"storage.endpoint={state.s3.endpoint}",
                     "--set", f"operator.livenessPort={procs.free_port()}",
                     "--set", f"operator.metricsPort={procs.free_port()}",
+                    "--set", f"shim.port={shim_port}",
                     "--set", "worker.progressIntervalSeconds=1", "--wait", "--timeout", "120s"],
                    check=True, stdout=subprocess.DEVNULL)
     print(kubectl("get", "deploy,pods", "-n", "transkube-system"))
@@ -83,6 +87,7 @@ def main(cluster_dir: str) -> int:
                  "format=duration,size,format_name:stream=codec_name,width,height", "-of", "compact=p=0", str(local)],
                 check=True, capture_output=True, text=True).stdout.strip().replace("\n", " | ")
             print(f"output {out['name']}: {out['uri']}\n   {out.get('checksum')}\n   ffprobe: {probe}")
+    print(f"\nREST shim: http://127.0.0.1:{shim_port}/docs (API keys: `transkube-shim new-key`, see docs/shim.md)")
     print("\nEvents:")
     print(kubectl("get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={NAME}",
                   "--sort-by=.lastTimestamp"))

@@ -150,6 +150,12 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
             if e.status != 409:
                 raise
     chart = Path(__file__).resolve().parents[2] / "charts" / "transkube"
+    # Helm installs crds/ only on a first install; apply them so a reused cluster gets today's CRDs too.
+    from transkube_dev import tools as dev_tools
+
+    kubectl_bin, _ = dev_tools.ensure_kubectl_helm()
+    subprocess.run([str(kubectl_bin), f"--kubeconfig={cluster.kubeconfig}", "apply", "--server-side",
+                    "--force-conflicts", "-f", str(chart / "crds")], check=True, capture_output=True, timeout=60)
     helm("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
          "--set", f"storage.endpoint={cluster.s3.endpoint}",
          "--set", f"operator.livenessPort={installed.liveness_port}",
