@@ -82,6 +82,8 @@ def reconcile(namespace: str | None, name: str, logger: Log) -> None:
             raise
         old_phase = (tj.get("status") or {}).get("phase")
         metrics.observe_phase(uid, result.phase)
+        metrics.record(metrics.observations(tj, result.phase, result.status_patch,
+                                            [(e.reason, e.message) for e in result.events], dt.datetime.now(dt.UTC)))
         if result.phase in TERMINAL and old_phase not in TERMINAL:
             created = parse_time(tj["metadata"].get("creationTimestamp"))
             if created:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -34,3 +37,91 @@ def observe_phase(uid: str, phase: str | None) -> None:
             counts[p] = counts.get(p, 0) + 1
     for p, n in counts.items():
         JOBS.labels(p).set(n)
+
+
+# ---- lifecycle metrics: what a reconcile's plan says happened, as pure observations -------------------
+
+_WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+QUEUE_WAIT = Histogram(
+    "transkube_queue_wait_seconds", "Creation to the first worker pod running, by profile and accelerator.",
+    ["profile", "accelerator"], buckets=_WAIT_BUCKETS,
+)
+RUN_TIME = Histogram(
+    "transkube_run_seconds", "First attempt's start to the final phase, by profile, accelerator and final phase.",
+    ["profile", "accelerator", "phase"], buckets=_WAIT_BUCKETS,
+)
+ENCODE_SPEED = Histogram(
+    "transkube_encode_speed_ratio", "Seconds of input media per second of run time of succeeded jobs, by profile.",
+    ["profile", "accelerator"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+)
+RETRIES = Counter("transkube_retries_total", "Attempts started after a failed one, by the failure's reason.",
+                  ["reason"])
+FAILURES = Counter("transkube_failures_total", "TranscodeJobs that ended Failed, by reason.", ["reason"])
+FALLBACKS = Counter("transkube_gpu_fallbacks_total", "GPU jobs moved to CPU after no GPU node took them.")
+
+
+@dataclass(frozen=True)
+class Observation:
+    metric: str  # queue_wait | run_time | encode_speed | retry | failure | fallback
+    labels: tuple[tuple[str, str], ...] = ()
+    value: float = 1.0
+
+
+def profile_of(tj: dict[str, Any]) -> str:
+    """A job's profile: the preset its outputs share, else "custom" (bounded cardinality)."""
+    presets = {o.get("preset") for o in (tj.get("spec") or {}).get("outputs") or []}
+    return str(next(iter(presets))) if len(presets) == 1 and None not in presets else "custom"
+
+
+def observations(tj: dict[str, Any], phase: str, patch: dict[str, Any], events: list[tuple[str, str]],
+                 now: dt.datetime) -> list[Observation]:
+    """Pure: what to record for one reconcile of `tj` (its status before) that planned `phase`/`patch`/events."""
+    status = tj.get("status") or {}
+    merged = {**status, **patch}
+    profile = profile_of(tj)
+    accel = str((merged.get("accelerator") or {}).get("effective") or "cpu")
+    base = (("profile", profile), ("accelerator", accel))
+    created = _time(tj["metadata"].get("creationTimestamp"))
+    out: list[Observation] = []
+    reasons = [reason for reason, _ in events]
+    if "Started" in reasons and int(merged.get("attempts") or 0) <= 1 and created:
+        out.append(Observation("queue_wait", base, (now - created).total_seconds()))
+    for reason, message in events:
+        if reason == "Retrying":
+            why = message.split(" after ", 1)[1].split(":", 1)[0] if " after " in message else "Unknown"
+            out.append(Observation("retry", (("reason", why),)))
+        elif reason == "FallbackToCPU":
+            out.append(Observation("fallback"))
+    terminal = ("Succeeded", "Failed", "Cancelled")
+    if phase in terminal and status.get("phase") not in terminal:
+        started = _time(merged.get("startTime"))
+        if started:
+            seconds = max((now - started).total_seconds(), 0.0)
+            out.append(Observation("run_time", (*base, ("phase", phase)), seconds))
+            media = (merged.get("input") or {}).get("durationSeconds")
+            if phase == "Succeeded" and media and seconds > 0:
+                out.append(Observation("encode_speed", base, float(media) / seconds))
+        if phase == "Failed":
+            out.append(Observation("failure", (("reason", str(merged.get("reason") or "Unknown")),)))
+    return out
+
+
+def record(obs: list[Observation]) -> None:
+    for o in obs:
+        labels = dict(o.labels)
+        if o.metric == "queue_wait":
+            QUEUE_WAIT.labels(**labels).observe(o.value)
+        elif o.metric == "run_time":
+            RUN_TIME.labels(**labels).observe(o.value)
+        elif o.metric == "encode_speed":
+            ENCODE_SPEED.labels(**labels).observe(o.value)
+        elif o.metric == "retry":
+            RETRIES.labels(**labels).inc()
+        elif o.metric == "failure":
+            FAILURES.labels(**labels).inc()
+        elif o.metric == "fallback":
+            FALLBACKS.inc()
+
+
+def _time(value: Any) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
