@@ -77,3 +77,18 @@ def test_disabling_the_shim_removes_it() -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered("--set", "shim.enabled=false")}
     assert not any(name.endswith("-shim") for _, name in kinds)
     assert Path(CHART / "values.schema.json").exists()
+
+
+def test_every_value_is_documented() -> None:
+    import json
+
+    def undocumented(node: dict[str, Any], path: str = "") -> list[str]:
+        out = []
+        for key, prop in (node.get("properties") or {}).items():
+            here = f"{path}.{key}" if path else key
+            if not prop.get("description"):
+                out.append(here)
+            out += undocumented(prop, here)
+        return out
+
+    assert undocumented(json.loads(values_schema.render())) == [], "add a `# --` comment in values.yaml"
