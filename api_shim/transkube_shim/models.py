@@ -12,13 +12,12 @@ from transkube_api.models import (
     S3_URI_PATTERN,
     AcceleratorSpec,
     ApiModel,
-    AudioSpec,
-    ContainerFormat,
     InputSpec,
+    OutputSettings,
     ResourcesSpec,
     TranscodeJobSpec,
     TranscodeJobStatus,
-    VideoSpec,
+    TranscodePresetSpec,
 )
 
 StatusFilter = Literal["queued", "pending", "running", "suspended", "succeeded", "failed", "cancelled"]
@@ -53,23 +52,19 @@ class Error(ApiModel):
     error: ErrorDetail = Field(description="What went wrong.")
 
 
-class OutputOverrides(ApiModel):
-    """Changes to a preset's output settings; video/audio are merged field by field into the preset's."""
-
-    container: ContainerFormat | None = Field(default=None, description="Replaces the preset's container.")
-    video: dict[str, object] | None = Field(default=None, description="Fields merged into the preset's video.")
-    audio: dict[str, object] | None = Field(default=None, description="Fields merged into the preset's audio.")
-
-
 class PresetJobRequest(ApiModel):
-    """A job with one output whose settings come from a TranscodePreset, plus optional overrides."""
+    """A job with one output that names a TranscodePreset (`outputs[0].preset`), plus optional overrides: the
+    operator merges the preset into the output by its rule (docs/api.md, "Presets")."""
 
     input: InputSpec = Field(description="The source media.")
     output_uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
         description="Where the output is written, as s3://bucket/key.")
     output_name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] | None = Field(
         default=None, description="Name of the output; defaults to the preset's name.")
-    overrides: OutputOverrides | None = Field(default=None, description="Changes to the preset's settings.")
+    overrides: OutputSettings | None = Field(
+        default=None, description="Output settings of the job's output, which override the preset's by the operator's "
+                                  "merge rule (objects merge key by key, the output's values win; see docs/api.md). "
+                                  "Only the fields given count: unset and null fields are not overrides.")
     accelerator: AcceleratorSpec | None = Field(default=None, description="As in a TranscodeJob spec.")
     resources: ResourcesSpec | None = Field(default=None, description="As in a TranscodeJob spec.")
     retry_limit: Annotated[int, Field(ge=0, le=10)] | None = Field(default=None,
@@ -78,17 +73,9 @@ class PresetJobRequest(ApiModel):
         default=None, description="As in a TranscodeJob spec.")
 
 
-class PresetSettings(ApiModel):
-    """The output settings a preset holds."""
-
-    container: ContainerFormat = Field(description="Container format.")
-    video: VideoSpec | None = Field(default=None, description="Video settings.")
-    audio: AudioSpec | None = Field(default=None, description="Audio settings.")
-
-
 class Preset(ApiModel):
     name: str = Field(description="The TranscodePreset's name.")
-    spec: PresetSettings = Field(description="Its output settings.")
+    spec: TranscodePresetSpec = Field(description="Its spec, as the CRD defines it (settings and description).")
 
 
 class PresetList(ApiModel):
@@ -172,6 +159,7 @@ class Health(ApiModel):
 
 # Models that become components of the OpenAPI document, in order.
 COMPONENT_MODELS: tuple[type[ApiModel], ...] = (
-    TranscodeJobSpec, TranscodeJobStatus, Job, JobList, Error, PresetJobRequest, PresetList, QueueStats,
+    TranscodeJobSpec, TranscodeJobStatus, TranscodePresetSpec, Job, JobList, Error, PresetJobRequest, PresetList,
+    QueueStats,
     DownloadUrl, UploadRequest, Upload, PartUrlsRequest, PartUrls, CompleteUploadRequest, CompletedUpload, Health,
 )

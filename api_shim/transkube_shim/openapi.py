@@ -129,12 +129,19 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("delete", f"{API}/uploads/{{upload_id}}", "abortUpload", "Abort an upload", "uploads",
               {"204": {"description": "Aborted; its parts are gone."}}, (UPLOAD_ID,)),
     Operation("get", f"{API}/presets", "listPresets", "List presets", "presets",
-              {"200": _json(ref("PresetList"), "Installed TranscodePresets (empty when the kind is not installed).")}),
+              {"200": _json(ref("PresetList"), "Installed TranscodePresets (empty when the kind is not installed).")},
+              description="Every installed TranscodePreset with its spec, typed by TranscodePresetSpec: the model "
+                          "the TranscodePreset CRD is generated from."),
     Operation("post", f"{API}/presets/{{preset}}/jobs", "createJobFromPreset", "Create a job from a preset",
               "presets", {"201": _json(ref("Job"), "Created."),
                           "200": _json(ref("Job"), "Replayed: this Idempotency-Key already created this job."),
                           "409": _json(ERROR, "The Idempotency-Key was used for a different body.")},
-              (PRESET, IDEMPOTENCY), body="PresetJobRequest"),
+              (PRESET, IDEMPOTENCY), body="PresetJobRequest",
+              description="Creates a TranscodeJob with one output {name, uri, preset, ...overrides}; the operator "
+                          "merges the preset into it (docs/api.md, \"Presets\") and records the result in "
+                          "status.resolvedOutputs and status.presets. The merge is checked first: a combination "
+                          "that cannot work is a 422 naming the field; a missing preset (or kind) is a 422 "
+                          "preset_not_found."),
     Operation("get", f"{API}/stats", "queueStats", "Queue statistics of your tenant", "stats",
               {"200": _json(ref("QueueStats"), "Counts by phase, mean wait and processing time.")}),
     Operation("get", "/healthz", "healthz", "Liveness", "operations",

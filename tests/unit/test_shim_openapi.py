@@ -15,7 +15,7 @@ import jsonschema_rs
 import pytest
 import yaml
 from transkube_api import crdgen
-from transkube_api.models import TranscodeJobSpec, TranscodeJobStatus
+from transkube_api.models import TranscodeJobSpec, TranscodeJobStatus, TranscodePresetSpec
 from transkube_shim import openapi, routes
 from transkube_shim.models import COMPONENT_MODELS
 
@@ -67,14 +67,21 @@ def structural(node: Any) -> Any:
     return out
 
 
-def crd_version_schema() -> Obj:
-    return dict(crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+def crd_version_schema(crd: Obj | None = None) -> Obj:
+    return dict((crd or crdgen.crd())["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
 
 @pytest.mark.parametrize(("component", "crd_field"), [("TranscodeJobSpec", "spec"),
-                                                      ("TranscodeJobStatus", "status")])
+                                                      ("TranscodeJobStatus", "status"),
+                                                      ("TranscodePresetSpec", "preset spec")])
 def test_shim_components_equal_the_crd_schema(component: str, crd_field: str) -> None:
     ours = structural(COMPONENTS[component])
+    if crd_field == "preset spec":  # the TranscodePreset CRD's spec; it has no immutability rules
+        theirs = dict(crd_version_schema(crdgen.preset_crd())["properties"]["spec"])
+        theirs.pop("description")
+        ours.pop("description", None)
+        assert ours == theirs
+        return
     theirs = dict(crd_version_schema()["properties"][crd_field])
     # What the CRD adds around the model: a description of the field, and (spec) the immutability rules.
     theirs.pop("description")
@@ -88,7 +95,7 @@ def test_shim_components_equal_the_crd_schema(component: str, crd_field: str) ->
 
 
 def test_shim_components_are_the_models_own_schemas() -> None:
-    for model in (TranscodeJobSpec, TranscodeJobStatus):
+    for model in (TranscodeJobSpec, TranscodeJobStatus, TranscodePresetSpec):
         raw = model.model_json_schema(by_alias=True, mode="validation", ref_template=openapi.REF)
         defs = raw.pop("$defs", {})
         assert COMPONENTS[model.__name__] == raw
@@ -133,6 +140,30 @@ def test_document_shape() -> None:
                 assert "401" in op["responses"] and "default" in op["responses"]
     assert DOC["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == \
         {"$ref": "#/components/schemas/TranscodeJobSpec"}
+
+
+def test_presets_are_typed_by_the_operator_models() -> None:
+    """GET /presets items carry the TranscodePreset CRD's spec model; preset-job overrides are the output
+    settings of OutputSpec (its base OutputSettings), not copies."""
+    listed = DOC["paths"]["/api/v1/presets"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listed == {"$ref": "#/components/schemas/PresetList"}
+    assert COMPONENTS["PresetList"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/Preset"}
+    assert COMPONENTS["Preset"]["properties"]["spec"]["$ref"] == "#/components/schemas/TranscodePresetSpec"
+    overrides = COMPONENTS["PresetJobRequest"]["properties"]["overrides"]["anyOf"]
+    assert {"$ref": "#/components/schemas/OutputSettings"} in overrides
+    settings = set(COMPONENTS["OutputSettings"]["properties"])
+    assert settings == set(TranscodePresetSpec.model_fields) - {"description"} == \
+        {f for f in COMPONENTS["OutputSpec"]["properties"] if f not in ("name", "uri", "preset")}
+    assert "PresetSettings" not in COMPONENTS and "OutputOverrides" not in COMPONENTS
+    validator = _validator("PresetList")
+    builtins = [d for d in yaml.safe_load_all(
+        (crdgen.REPO / "charts" / "transkube" / "templates" / "presets.yaml").read_text().split("\n", 1)[1]
+        .replace("{{- include \"transkube.labels\" . | nindent 4 }}", "{}").replace("{{- end }}", ""))
+        if d]
+    assert len(builtins) == 5
+    items = [{"name": d["metadata"]["name"], "spec": TranscodePresetSpec.model_validate(d["spec"]).wire()}
+             for d in builtins]
+    validator.validate({"items": items})
 
 
 def test_every_operation_has_a_route_and_every_route_an_operation() -> None:

@@ -12,10 +12,11 @@ from typing import Any
 import jwt
 import pytest
 from pydantic import ValidationError
-from transkube_api.models import TranscodeJobSpec
+from transkube_api.models import TranscodeJobSpec, TranscodePresetSpec
+from transkube_api.presets import resolve_output
 from transkube_shim import auth, errors, jobs, presets, quotas, sse, storage
 from transkube_shim.config import ShimConfig, Tier
-from transkube_shim.models import PresetJobRequest, PresetSettings
+from transkube_shim.models import PresetJobRequest
 from transkube_shim.ratelimit import RateLimiter, TokenBucket
 
 SPEC: dict[str, Any] = {"input": {"uri": "s3://transkube/in.mp4"},
@@ -255,21 +256,88 @@ def test_queue_stats() -> None:
 
 # ---- presets ----
 
-def test_preset_plus_overrides_is_a_validated_spec() -> None:
-    settings = PresetSettings.model_validate({"container": "mp4", "video": {"codec": "h264", "crf": 23},
-                                              "audio": {"codec": "aac", "bitrate": "128k"}})
-    request = PresetJobRequest.model_validate({
-        "input": {"uri": "s3://transkube/in.mp4"}, "outputUri": "s3://transkube/out.mp4",
-        "overrides": {"video": {"crf": None, "bitrate": "2M"}}, "retryLimit": 1})
-    spec = presets.build_spec("web-720p", settings, request)
-    assert spec.outputs[0].name == "web-720p" and spec.outputs[0].video is not None
-    assert (spec.outputs[0].video.crf, spec.outputs[0].video.bitrate) == (None, "2M") and spec.retry_limit == 1
-    clash = PresetJobRequest.model_validate({**request.wire(), "overrides": {"video": {"bitrate": "2M"}}})
+WEB_720P: dict[str, Any] = {
+    "description": "720p MP4", "type": "file", "container": "mp4",
+    "video": {"codec": "h264", "resolution": "720p", "crf": 23, "preset": "medium", "pixelFormat": "yuv420p"},
+    "audio": {"codec": "aac", "bitrate": "128k", "channels": 2}}
+HLS_DEFAULT: dict[str, Any] = {
+    "type": "hls", "streaming": {"segmentSeconds": 4, "codec": "h264", "autoLadder": {"maxRenditions": 4}},
+    "audio": {"codec": "aac", "bitrate": "128k", "channels": 2}}
+SPRITE: dict[str, Any] = {
+    "type": "sprite", "sprite": {"intervalSeconds": 5, "columns": 10, "tileWidth": 160, "format": "jpeg"}}
+
+
+def preset_request(overrides: dict[str, Any] | None = None, uri: str = "s3://transkube/out.mp4",
+                   **extra: Any) -> PresetJobRequest:
+    body: dict[str, Any] = {"input": {"uri": "s3://transkube/in.mp4"}, "outputUri": uri, **extra}
+    if overrides is not None:
+        body["overrides"] = overrides
+    return PresetJobRequest.model_validate(body)
+
+
+def test_preset_job_output_names_the_preset_and_carries_only_given_overrides() -> None:
+    request = preset_request({"video": {"codec": "h264", "crf": 30}, "audio": None}, retryLimit=1)
+    assert presets.job_output("web-720p", request) == {
+        "name": "web-720p", "uri": "s3://transkube/out.mp4", "preset": "web-720p",
+        "video": {"codec": "h264", "crf": 30}}
+    spec = presets.build_spec("web-720p", WEB_720P, request)
+    (output,) = spec.outputs
+    assert output.preset == "web-720p" and output.name == "web-720p" and spec.retry_limit == 1
+    assert output.video is not None and output.video.crf == 30 and output.container is None
+    # What the operator will record in status.resolvedOutputs: its merge rule, crf replaced, the rest inherited.
+    resolved = resolve_output(output.wire(), WEB_720P)
+    assert resolved["video"] == {**WEB_720P["video"], "crf": 30} and resolved["container"] == "mp4"
+    assert "preset" not in resolved and "description" not in resolved
+    # The operator's exclusive pairs, not "null removes": a bitrate drops the preset's crf.
+    bitrate = resolve_output(presets.job_output("web-720p", preset_request(
+        {"video": {"codec": "h264", "bitrate": "2M"}})), WEB_720P)
+    assert "crf" not in bitrate["video"] and bitrate["video"]["bitrate"] == "2M"
+    assert presets.job_output("web-720p", preset_request(outputName="main"))["name"] == "main"
+
+
+def test_preset_jobs_for_presets_without_a_container() -> None:
+    spec = presets.build_spec("hls-default", HLS_DEFAULT, preset_request(uri="s3://transkube/hls/"))
+    assert spec.outputs[0].preset == "hls-default" and spec.outputs[0].container is None
+    spec = presets.build_spec("thumbnail-sprite", SPRITE, preset_request(
+        {"sprite": {"columns": 5}}, uri="s3://transkube/sprite/"))
+    assert resolve_output(spec.outputs[0].wire(), SPRITE)["sprite"]["columns"] == 5
+
+
+@pytest.mark.parametrize(("preset", "overrides", "uri", "code", "field"), [
+    (WEB_720P, {"container": "webm"}, "s3://transkube/o.webm", "validation_error", "overrides.video.codec"),
+    (WEB_720P, {"type": "hls"}, "s3://transkube/o/", "validation_error", "overrides.type"),
+    (WEB_720P, None, "s3://transkube/prefix/", "validation_error", "outputUri"),
+    (HLS_DEFAULT, {"video": {"codec": "h264"}}, "s3://transkube/hls/", "validation_error", "overrides.video"),
+    (WEB_720P, {"video": {"codec": "copy"}, "quality": {"metrics": ["psnr"]}}, "s3://transkube/o.mp4",
+     "validation_error", "overrides.quality"),
+    ({"type": "file"}, None, "s3://transkube/o.mp4", "preset_invalid", "preset"),
+])
+def test_bad_preset_combinations_are_422_naming_the_field(
+        preset: dict[str, Any], overrides: dict[str, Any] | None, uri: str, code: str, field: str) -> None:
     with pytest.raises(errors.ApiError) as exc:
-        presets.build_spec("web-720p", settings, clash)
-    assert exc.value.status == 422 and (exc.value.field or "").startswith("overrides")
-    assert presets.settings_of({"spec": {"container": "mp4", "unknownFuture": 1}}) is not None
-    assert presets.settings_of({"spec": {"container": "avi"}}) is None
+        presets.build_spec("p", preset, preset_request(overrides, uri=uri))
+    assert (exc.value.status, exc.value.code, exc.value.field) == (422, code, field), exc.value.message
+
+
+def test_overrides_are_typed_output_settings() -> None:
+    with pytest.raises(ValidationError) as exc:
+        preset_request({"video": {"codec": "h264", "crf": "high"}})
+    assert errors.from_validation_error(exc.value).field == "overrides.video.crf"
+    with pytest.raises(ValidationError):
+        preset_request({"name": "x"})  # name/uri/preset are not overrides
+    assert presets.request_field(("name",)) == "outputName"
+    assert presets.request_field(("video", "crf")) == "overrides.video.crf"
+    assert presets.request_field(()) == "overrides"
+
+
+def test_preset_views_use_the_crd_model() -> None:
+    view = presets.preset_view({"metadata": {"name": "thumbnail-sprite"}, "spec": SPRITE})
+    assert view is not None and view["name"] == "thumbnail-sprite" and view["spec"]["type"] == "sprite"
+    assert TranscodePresetSpec.model_validate(view["spec"]).sprite is not None
+    web = presets.preset_view({"metadata": {"name": "w"}, "spec": WEB_720P})
+    assert web is not None and web["spec"]["description"] == "720p MP4"
+    assert presets.preset_view({"metadata": {"name": "bad"}, "spec": {"container": "avi"}}) is None
+    assert presets.preset_view({"metadata": {"name": "bad"}, "spec": {"type": "file"}}) is None  # no container
 
 
 # ---- storage ----
