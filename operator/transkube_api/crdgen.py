@@ -111,7 +111,7 @@ def crd() -> dict[str, Any]:
     spec_schema["x-kubernetes-validations"] = immutability_rules()
     status_schema = model_schema(TranscodeJobStatus)
     status_schema["description"] = "Where the job stands, written by the operator (and progress by the worker)."
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
         {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "description": "Percent done."},
         {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Estimated time left."},
@@ -121,73 +121,60 @@ def crd() -> dict[str, Any]:
          "description": "Why it failed, if it did."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "transkube"}},
-        "spec": {
-            "group": GROUP,
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": [SHORT_NAME], "categories": ["all", CATEGORY]},
-            "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A TranscodeJob turns one input video in S3-compatible storage into one or more "
-                                   "outputs by running FFmpeg in a Kubernetes Job.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string", "description": "APIVersion of this object."},
-                        "kind": {"type": "string", "description": "Kind of this object."},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema,
-                        "status": status_schema,
-                    },
-                }},
-            }],
-        },
-    }
+    return _crd(kind=KIND, plural=PLURAL, singular=SINGULAR, short_name=SHORT_NAME, categories=["all", CATEGORY],
+                scope="Namespaced", columns=columns, subresources={"status": {}},
+                description="A TranscodeJob turns one input video in S3-compatible storage into one or more "
+                            "outputs by running FFmpeg in a Kubernetes Job.",
+                properties={"spec": spec_schema, "status": status_schema})
 
 
 def preset_crd() -> dict[str, Any]:
     spec_schema = model_schema(TranscodePresetSpec)
     spec_schema["description"] = ("One output's settings without name and URI; outputs[].preset names the preset, "
                                   "and the output's own settings override these.")
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Type", "type": "string", "jsonPath": ".spec.type", "description": "Output type."},
         {"name": "Container", "type": "string", "jsonPath": ".spec.container", "description": "Container format."},
         {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1,
          "description": "What the preset is for."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
+    return _crd(kind=PRESET_KIND, plural=PRESET_PLURAL, singular=PRESET_SINGULAR, short_name=PRESET_SHORT_NAME,
+                categories=[CATEGORY], scope="Cluster", columns=columns, subresources=None,
+                description="A TranscodePreset holds reusable output settings (cluster-wide) that "
+                            "TranscodeJob outputs reference by name.",
+                properties={"spec": spec_schema})
+
+
+def _crd(*, kind: str, plural: str, singular: str, short_name: str, categories: list[str], scope: str,
+         columns: list[dict[str, Any]], subresources: dict[str, Any] | None, description: str,
+         properties: dict[str, Any]) -> dict[str, Any]:
+    """The CustomResourceDefinition envelope shared by our kinds (one served, stored version)."""
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if subresources is not None:
+        version["subresources"] = subresources
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+            "kind": {"type": "string", "description": "Kind of this object."},
+            "metadata": {"type": "object"},
+            **properties,
+        },
+    }}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PRESET_PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "transkube"}},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "transkube"}},
         "spec": {
             "group": GROUP,
-            "names": {"kind": PRESET_KIND, "listKind": f"{PRESET_KIND}List", "plural": PRESET_PLURAL,
-                      "singular": PRESET_SINGULAR, "shortNames": [PRESET_SHORT_NAME], "categories": [CATEGORY]},
-            "scope": "Cluster",
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A TranscodePreset holds reusable output settings (cluster-wide) that "
-                                   "TranscodeJob outputs reference by name.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string", "description": "APIVersion of this object."},
-                        "kind": {"type": "string", "description": "Kind of this object."},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema,
-                    },
-                }},
-            }],
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": [short_name], "categories": categories},
+            "scope": scope,
+            "versions": [version],
         },
     }
 

@@ -96,6 +96,22 @@ def job_condition(job: Obj, kind: str) -> Obj | None:
     return None
 
 
+def create_if_absent(kube: Kube, collection: str, body: Obj) -> None:
+    """Creates body in collection; an existing object of that name is fine (a reused cluster, a rerun)."""
+    try:
+        kube.create(collection, body)
+    except ApiError as e:
+        if e.status != 409:
+            raise
+
+
+def storage_secret(cluster: ClusterState, name: str = "transkube-storage") -> Obj:
+    """A Secret with the local S3 server's credentials, keyed the way workers and the shim read them."""
+    assert cluster.s3 is not None
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key, "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}}
+
+
 # ---- the product, installed into the local cluster ------------------------------------------------
 
 GROUP, VERSION, PLURAL = "media.transkube.dev", "v1alpha1", "transcodejobs"
@@ -134,21 +150,13 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
     installed = InstalledOperator(OPERATOR_NS, procs.free_port(), procs.free_port(), procs.free_port(), api_key,
                                   "chart-tenant")
     # The shim's storage credentials and API keys live in its namespace; both exist before its pod starts.
-    try:
-        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
-    except ApiError as e:
-        if e.status != 409:
-            raise
+    create_if_absent(kube, "/api/v1/namespaces",
+                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
     key_id, entry = secret_entry(api_key, installed.shim_tenant, "premium")
-    for secret in ({"metadata": {"name": "transkube-shim-storage"},
-                    "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key,
-                                   "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}},
-                   {"metadata": {"name": "transkube-shim-api-keys"}, "stringData": {key_id: entry}}):
-        try:
-            kube.create(f"/api/v1/namespaces/{OPERATOR_NS}/secrets", {"apiVersion": "v1", "kind": "Secret", **secret})
-        except ApiError as e:
-            if e.status != 409:
-                raise
+    secrets = f"/api/v1/namespaces/{OPERATOR_NS}/secrets"
+    create_if_absent(kube, secrets, storage_secret(cluster, "transkube-shim-storage"))
+    create_if_absent(kube, secrets, {"apiVersion": "v1", "kind": "Secret",
+                                     "metadata": {"name": "transkube-shim-api-keys"}, "stringData": {key_id: entry}})
     chart = Path(__file__).resolve().parents[2] / "charts" / "transkube"
     # Helm installs crds/ only on a first install; apply them so a reused cluster gets today's CRDs too.
     from transkube_dev import tools as dev_tools
@@ -175,9 +183,7 @@ def tj_namespace(namespace: str, kube: Kube, cluster: ClusterState, operator: In
     assert cluster.s3 is not None
     kube.merge_patch(f"/api/v1/namespaces/{namespace}",
                      {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-    kube.create(f"/api/v1/namespaces/{namespace}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "transkube-storage"},
-        "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key, "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}})
+    kube.create(f"/api/v1/namespaces/{namespace}/secrets", storage_secret(cluster))
     return namespace
 
 

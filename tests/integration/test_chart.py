@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from transkube_dev.cluster import ClusterState
-from transkube_dev.kube import ApiError, Kube, Obj
+from transkube_dev.kube import Kube, Obj
 
-from .conftest import InstalledOperator, tj_path, wait_for
+from .conftest import InstalledOperator, create_if_absent, storage_secret, tj_path, wait_for
 
 
 def shim(op: InstalledOperator, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
@@ -41,16 +41,9 @@ def test_installed_shim_serves_a_real_job(operator: InstalledOperator, kube: Kub
     wait_for("installed shim ready", lambda: shim(operator, "GET", "/readyz")[0] == 200, timeout=60)
 
     ns = operator.shim_tenant
-    try:
-        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-        kube.create(f"/api/v1/namespaces/{ns}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "transkube-storage"},
-            "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key,
-                           "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}})
-    except ApiError as e:
-        if e.status != 409:
-            raise
+    create_if_absent(kube, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    create_if_absent(kube, f"/api/v1/namespaces/{ns}/secrets", storage_secret(cluster))
     clip = tmp_path / "clip.mp4"
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     "testsrc2=size=320x240:rate=25", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", str(clip)],
@@ -79,14 +72,7 @@ def test_helm_test_submits_a_job_that_succeeds(operator: InstalledOperator, kube
     """`helm test` runs templates/tests/submit-job.yaml: the pod makes a clip, uploads it and submits a job in the
     release namespace, which needs the worker's default storage Secret (also the test's upload credentials)."""
     assert cluster.s3 is not None
-    try:
-        kube.create(f"/api/v1/namespaces/{operator.namespace}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "transkube-storage"},
-            "stringData": {"AWS_ACCESS_KEY_ID": cluster.s3.access_key,
-                           "AWS_SECRET_ACCESS_KEY": cluster.s3.secret_key}})
-    except ApiError as e:
-        if e.status != 409:
-            raise
+    create_if_absent(kube, f"/api/v1/namespaces/{operator.namespace}/secrets", storage_secret(cluster))
     result = helm("test", "transkube", "-n", operator.namespace, "--timeout", "5m", "--logs", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TEST SUITE:     transkube-test-submit-job" in result.stdout, result.stdout
