@@ -400,7 +400,7 @@ class QualityGateSpec(ApiModel):
     on_fail: Literal["fail", "reencode"] = Field(
         default="fail", description="Below min: fail the job (QualityBelowThreshold), or re-encode this output once "
                                     "at a higher quality (crf -6, or bitrate x1.5) and fail only if that is still "
-                                    "below.")
+                                    "below (file outputs only; hls/dash gates every rendition and can only fail).")
 
 
 class QualitySpec(ApiModel):
@@ -484,12 +484,18 @@ def _output_rules() -> tuple[Rule, ...]:
              "filters need re-encoded video",
              lambda o: o.filters is None or ((o.video is None or o.video.codec not in ("copy", "none")) and
                                              o.container not in AUDIO_CONTAINERS), ".filters"),
-        Rule("!has(self.quality) || (self.type == 'file' && (!has(self.video) || !(self.video.codec in "
-             f"['copy', 'none'])) && (!has(self.container) || !(self.container in {_in(AUDIO_CONTAINERS)})))",
-             "quality is only for file outputs with re-encoded video",
-             lambda o: o.quality is None or (o.type == "file" and (o.video is None or o.video.codec not in
-                                                                   ("copy", "none"))
-                                             and o.container not in AUDIO_CONTAINERS), ".quality"),
+        Rule(f"!has(self.quality) || self.type in {_in(STREAM_TYPES)} || (self.type == 'file' && "
+             "(!has(self.video) || !(self.video.codec in ['copy', 'none'])) && "
+             f"(!has(self.container) || !(self.container in {_in(AUDIO_CONTAINERS)})))",
+             "quality is only for file outputs with re-encoded video and for hls/dash outputs",
+             lambda o: o.quality is None or o.type in STREAM_TYPES or (
+                 o.type == "file" and (o.video is None or o.video.codec not in ("copy", "none"))
+                 and o.container not in AUDIO_CONTAINERS), ".quality"),
+        Rule(f"!has(self.quality) || !has(self.quality.gate) || !(self.type in {_in(STREAM_TYPES)}) || "
+             "!has(self.quality.gate.onFail) || self.quality.gate.onFail != 'reencode'",
+             "quality.gate.onFail reencode is only for file outputs; an hls/dash gate can only fail the job",
+             lambda o: o.quality is None or o.quality.gate is None or o.type not in STREAM_TYPES
+             or o.quality.gate.on_fail != "reencode", ".quality"),
         Rule("!has(self.quality) || !has(self.video) || !has(self.video.fps)",
              "quality cannot be measured with video.fps (frames would not line up with the source)",
              lambda o: o.quality is None or o.video is None or o.video.fps is None, ".quality"),
@@ -542,8 +548,9 @@ class OutputSettings(ApiModel):
         default=None, description="Video filters applied before scaling (file, hls, dash): deinterlace, denoise, "
                                   "aspect crop/pad, watermark.")
     quality: QualitySpec | None = Field(
-        default=None, description="file outputs with re-encoded video: measure quality against the source "
-                                  "(status.outputs[].metrics) and optionally gate on it.")
+        default=None, description="file outputs with re-encoded video, and hls/dash (every rendition): measure "
+                                  "quality against the source (status.outputs[].metrics, or "
+                                  "status.outputs[].renditions[].metrics) and optionally gate on it.")
 
 
 class OutputSpec(OutputSettings):
@@ -713,13 +720,6 @@ class InputFacts(ApiModel):
                                                            "(width/height above are as displayed, after it).")
 
 
-class RenditionResult(ApiModel):
-    width: int | None = Field(default=None, description="Probed width.")
-    height: int | None = Field(default=None, description="Probed height.")
-    bitrate: int | None = Field(default=None, description="Target video bitrate in bits/s.")
-    playlist: str | None = Field(default=None, description="Media playlist of this rendition (HLS), relative.")
-
-
 class QualityMetrics(ApiModel):
     psnr: float | None = Field(default=None, description="Mean PSNR over all frames and planes, in dB (identical "
                                                          "frames count as 100).")
@@ -727,6 +727,15 @@ class QualityMetrics(ApiModel):
     vmaf: float | None = Field(default=None, description="Mean VMAF score, 0-100.")
     unavailable: list[QualityMetric] | None = Field(
         default=None, description="Requested metrics this worker could not compute (vmaf without libvmaf).")
+
+
+class RenditionResult(ApiModel):
+    width: int | None = Field(default=None, description="Probed width.")
+    height: int | None = Field(default=None, description="Probed height.")
+    bitrate: int | None = Field(default=None, description="Target video bitrate in bits/s.")
+    playlist: str | None = Field(default=None, description="Media playlist of this rendition (HLS), relative.")
+    metrics: QualityMetrics | None = Field(
+        default=None, description="Quality of this rendition against the source, for outputs with quality set.")
 
 
 class OutputResult(ApiModel):
@@ -748,7 +757,8 @@ class OutputResult(ApiModel):
     playlist: str | None = Field(
         default=None, description="hls/dash: the entry point relative to the prefix (master.m3u8 or manifest.mpd).")
     metrics: QualityMetrics | None = Field(
-        default=None, description="Quality against the source, for outputs with quality set.")
+        default=None, description="Quality against the source, for file outputs with quality set (hls/dash: per "
+                                  "rendition, in renditions[].metrics).")
     reencoded: bool | None = Field(
         default=None, description="True when the quality gate re-encoded this output at a higher quality.")
 

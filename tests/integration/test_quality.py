@@ -1,5 +1,6 @@
 """Quality metrics and gates on the local cluster: PSNR/SSIM (VMAF where ffmpeg has libvmaf) of each measured
-output against the source in status.outputs[].metrics, a gate that fails the job, and a gate that re-encodes."""
+output against the source in status.outputs[].metrics (hls/dash: per rendition, in renditions[].metrics), a gate
+that fails the job (also on one starved rendition of a ladder), and a gate that re-encodes."""
 
 from __future__ import annotations
 
@@ -82,9 +83,51 @@ def test_reencode_on_fail_succeeds_at_a_higher_quality(kube: Kube, tj_namespace:
     assert obj["status"]["progress"] == {**obj["status"]["progress"], "stage": "Done", "percent": 100}
 
 
+def test_hls_renditions_are_measured_one_by_one(kube: Kube, tj_namespace: str, s3: Any,
+                                               media: dict[str, Path]) -> None:
+    obj = run_job(kube, tj_namespace, transcodejob("hls-metrics", upload(s3, media["av"]), [
+        {"name": "ladder", "type": "hls", "uri": out_prefix(),
+         "streaming": {"renditions": [{"resolution": "360p", "bitrate": "800k"},
+                                      {"resolution": "240p", "bitrate": "400k"}]},
+         # Trimmed: every rendition's reference is cut (and scaled to the rendition) the same way.
+         "trim": {"startSeconds": 1.5, "durationSeconds": 3},
+         "quality": {"metrics": ["psnr", "ssim", "vmaf"], "gate": {"metric": "psnr", "min": 30}}}]))
+    assert obj["status"]["phase"] == "Succeeded", succeeded(obj)()
+    ladder = results(obj)["ladder"]
+    assert "metrics" not in ladder and "reencoded" not in ladder  # per rendition only
+    assert [(r["height"], r["playlist"]) for r in ladder["renditions"]] == [(360, "stream_360p.m3u8"),
+                                                                            (240, "stream_240p.m3u8")]
+    for r in ladder["renditions"]:
+        m = r["metrics"]
+        assert 30 < m["psnr"] < 100 and 0.9 < m["ssim"] <= 1, r
+        assert ("vmaf" in m and 0 <= m["vmaf"] <= 100) != ("vmaf" in (m.get("unavailable") or [])), r
+    hi, lo = (r["metrics"] for r in ladder["renditions"])
+    assert hi["psnr"] > lo["psnr"], ladder  # twice the bitrate at more pixels: measurably better
+    assert not any(f.startswith(".quality") for f in ladder["files"])  # the joined renditions are not uploaded
+
+
+def test_a_starved_rendition_fails_the_gate(kube: Kube, tj_namespace: str, s3: Any, media: dict[str, Path]) -> None:
+    prefix = out_prefix()
+    obj = run_job(kube, tj_namespace, transcodejob("starved", upload(s3, media["av"]), [
+        {"name": "ladder", "type": "hls", "uri": prefix,
+         "streaming": {"renditions": [{"resolution": "360p", "bitrate": "800k"},
+                                      {"resolution": "240p", "bitrate": "20k"}]},
+         "quality": {"gate": {"metric": "psnr", "min": 32}}}]))
+    status = obj["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "QualityBelowThreshold"), status
+    assert "output ladder rendition 240p: psnr" in status["message"], status
+    assert "below the gate's min 32" in status["message"] and "360p" not in status["message"], status
+    assert status["attempts"] == 1
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(prefix))
+
+
 def test_the_api_server_refuses_quality_where_it_cannot_apply(kube: Kube, tj_namespace: str) -> None:
-    body = transcodejob("nope", f"s3://{BUCKET}/in.mp4", [
-        {"name": "h", "type": "hls", "uri": out_prefix(), "quality": {}}])
-    with pytest.raises(ApiError) as err:
-        kube.create(tj_path(tj_namespace), body)
-    assert err.value.status == 422 and "quality is only for file outputs" in err.value.body
+    for output, message in (
+            ({"name": "t", "type": "thumbnails", "uri": out_prefix(), "thumbnails": {"times": [1]}, "quality": {}},
+             "quality is only for file outputs with re-encoded video and for hls/dash outputs"),
+            ({"name": "h", "type": "hls", "uri": out_prefix(),
+              "quality": {"gate": {"metric": "psnr", "min": 30, "onFail": "reencode"}}},
+             "quality.gate.onFail reencode is only for file outputs")):
+        with pytest.raises(ApiError) as err:
+            kube.create(tj_path(tj_namespace), transcodejob("nope", f"s3://{BUCKET}/in.mp4", [output]))
+        assert err.value.status == 422 and message in err.value.body, err.value.body

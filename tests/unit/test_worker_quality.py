@@ -8,9 +8,20 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from transkube_api.constants import ExitCode
-from transkube_api.models import OutputSpec, QualitySpec
+from transkube_api.models import InputFacts, OutputResult, OutputSpec, QualityMetrics, QualitySpec
 from transkube_worker.errors import QualityBelowThreshold
-from transkube_worker.quality import boosted, cfr_sync, computable, parse_metrics, quality_argv, trim_filter
+from transkube_worker.main import with_quality
+from transkube_worker.media_args import ladder, rendition_key, rendition_parts
+from transkube_worker.quality import (
+    QualityOutcome,
+    boosted,
+    cfr_sync,
+    computable,
+    join_rendition,
+    parse_metrics,
+    quality_argv,
+    trim_filter,
+)
 
 SRC, OUT = Path("/scratch/input.mp4"), Path("/scratch/out/web.mp4")
 
@@ -111,8 +122,70 @@ def test_quality_rules() -> None:
     with pytest.raises(ValidationError, match="quality is only for file outputs with re-encoded video"):
         output(video={"codec": "copy"})
     with pytest.raises(ValidationError, match="quality is only for file outputs with re-encoded video"):
-        OutputSpec.model_validate({"name": "h", "uri": "s3://bkt/h/", "type": "hls", "quality": {}})
+        OutputSpec.model_validate({"name": "t", "uri": "s3://bkt/t/", "type": "thumbnails",
+                                   "thumbnails": {"times": [1]}, "quality": {}})
     with pytest.raises(ValidationError, match="quality is only for file outputs with re-encoded video"):
         output(container="m4a")
     with pytest.raises(ValidationError, match=r"quality cannot be measured with video\.fps"):
         output(video={"codec": "h264", "fps": 12})
+
+
+# ---- hls/dash: every rendition against the source -----------------------------------------------------
+
+
+def package(kind: str = "hls", **extra: Any) -> OutputSpec:
+    return OutputSpec.model_validate({"name": "pkg", "uri": "s3://bkt/pkg/", "type": kind, "quality": {},
+                                      "streaming": {"renditions": [{"resolution": "240p", "bitrate": "400k"},
+                                                                   {"resolution": "720p", "bitrate": "2800k"}]},
+                                      **extra})
+
+
+FACTS = InputFacts(duration_seconds=6, width=1280, height=720, frame_rate=25, video_codec="h264", stream_count=1)
+
+
+def test_packages_accept_quality_but_not_reencode() -> None:
+    assert package().quality is not None and package("dash").quality is not None
+    assert package(quality={"gate": {"metric": "psnr", "min": 30}}).quality.gate is not None  # type: ignore[union-attr]
+    for kind in ("hls", "dash"):
+        with pytest.raises(ValidationError, match="onFail reencode is only for file outputs"):
+            package(kind, quality={"gate": {"metric": "psnr", "min": 30, "onFail": "reencode"}})
+    assert output(quality={"gate": {"metric": "psnr", "min": 30, "onFail": "reencode"}}).quality is not None
+
+
+def test_package_reference_is_cut_like_a_cfr_muxer() -> None:
+    # hls/dash muxers sync at a constant frame rate, whatever the input's stream count.
+    o = package(trim={"startSeconds": 1.5, "durationSeconds": 3})
+    assert cfr_sync(o, 1) and cfr_sync(package("dash"), 1)
+    rendition = Path("/scratch/out/.quality-pkg-240p.mp4")
+    argv = quality_argv(o, rendition, SRC, 426, 240, ["psnr"], frame_rate=25, stream_count=1)
+    assert "[1:V:0]trim=start=1.4795:duration=3.021,scale=426:240:flags=bicubic" in graph(argv)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-i"] == [f"file:{rendition}", f"file:{SRC}"]
+    assert argv.count("-protocol_whitelist") == 2 and argv[argv.index("-protocol_whitelist") + 1] == "file"
+    whitelist = argv[argv.index("-format_whitelist") + 1].split(",")
+    assert "mov" in whitelist and "hls" not in whitelist and "dash" not in whitelist  # no playlist is read
+
+
+def test_rendition_files_are_joined_in_segment_order(tmp_path: Path) -> None:
+    hls, dash = package(), package("dash")
+    rungs = ladder(hls.streaming, FACTS)
+    assert [r.name for r in rungs] == ["720p", "240p"]
+    assert [rendition_key(hls, i, r) for i, r in enumerate(rungs)] == ["720p", "240p"]
+    assert [rendition_key(dash, i, r) for i, r in enumerate(rungs)] == ["0", "1"]
+    for name, data in {"init_240p.mp4": b"I", "seg_240p_00010.m4s": b"c", "seg_240p_00002.m4s": b"b",
+                       "seg_240p_00000.m4s": b"a", "seg_1240p_00000.m4s": b"x", "stream_240p.m3u8": b"#"}.items():
+        (tmp_path / name).write_bytes(data)
+    parts = rendition_parts(tmp_path, "240p")
+    assert [p.name for p in parts] == ["init_240p.mp4", "seg_240p_00000.m4s", "seg_240p_00002.m4s",
+                                       "seg_240p_00010.m4s"]
+    assert join_rendition(parts, tmp_path / "joined.mp4").read_bytes() == b"Iabc"
+    with pytest.raises(FileNotFoundError, match="rendition 720p"):
+        rendition_parts(tmp_path, "720p")
+
+
+def test_rendition_metrics_go_into_status_renditions() -> None:
+    base = OutputResult.model_validate({"name": "pkg", "uri": "s3://bkt/pkg/", "type": "hls", "renditions": [
+        {"width": 1280, "height": 720}, {"width": 426, "height": 240}]})
+    hi, lo = QualityMetrics(psnr=45.0, ssim=0.99), QualityMetrics(psnr=27.0, ssim=0.86)
+    result = with_quality(base, QualityOutcome(None, renditions=(hi, lo))).wire()
+    assert [r["metrics"] for r in result["renditions"]] == [{"psnr": 45.0, "ssim": 0.99}, {"psnr": 27.0, "ssim": 0.86}]
+    assert "metrics" not in result and "reencoded" not in result

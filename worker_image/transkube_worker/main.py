@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transkube_api.constants import ExitCode
-from transkube_api.models import InputFacts, OutputResult, OutputSpec, Progress, RenditionResult, TranscodeJobSpec
+from transkube_api.models import (
+    InputFacts,
+    OutputResult,
+    OutputSpec,
+    Progress,
+    QualityMetrics,
+    RenditionResult,
+    TranscodeJobSpec,
+)
 
 from . import __version__
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
@@ -28,10 +36,28 @@ from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, 
 from .ffmpeg_args import DEFAULT_LIMITS, Accelerator, Limits, LoudnormMeasurement, bitrate_bits, output_paths
 from .limits import check_facts, check_size
 from .logs import configure_logging
-from .media_args import DASH_MANIFEST, HLS_MASTER, ladder, parse_loudnorm, sprite_layout, storyboard_vtt
+from .media_args import (
+    DASH_MANIFEST,
+    HLS_MASTER,
+    ladder,
+    parse_loudnorm,
+    rendition_key,
+    rendition_parts,
+    sprite_layout,
+    storyboard_vtt,
+)
 from .probe import ProbeFailed, probe_input, probe_output, run_ffprobe
 from .progress import ProgressReporter, ProgressSample, compute_progress, utcnow
-from .quality import QualityOutcome, available_filters, boosted, computable, gate_value, parse_metrics, quality_argv
+from .quality import (
+    QualityOutcome,
+    available_filters,
+    boosted,
+    computable,
+    gate_value,
+    join_rendition,
+    parse_metrics,
+    quality_argv,
+)
 from .signals import SignalGuard
 from .status_writer import KubeStatusWriter, NullStatusWriter, StatusWriter
 from .steps import Step, analysis_steps, media_seconds, media_steps
@@ -72,12 +98,15 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
         if any(o.name == name and o.is_prefix for o in spec.outputs):
             path.mkdir(parents=True, exist_ok=True)
     measured = [o for o in spec.outputs if o.quality is not None]
+    # A package is measured once per rendition.
+    measurements = sum(media_seconds(o, facts) * (len(ladder(o.streaming, facts)) if o.is_prefix else 1)
+                       for o in measured)
     analyses = analysis_steps(spec, input_path, facts, limits)
     # Planned once without measurements only to weigh the steps (and to fail fast on input that cannot feed them).
     weights = [s.media_seconds for s in media_steps(spec, input_path, outputs, facts, accelerator, limits=limits,
                                                     assets=assets)]
     total = (sum(s.media_seconds for s in analyses) + sum(weights)
-             + sum(media_seconds(o, facts) for o in measured)) or None
+             + measurements) or None
     reporter.update(compute_progress("Transcoding", utcnow(), duration_seconds=total))
     done = 0.0
     best = 0.0
@@ -112,6 +141,21 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
         if o.type == "sprite":
             (outputs[o.name] / "storyboard.vtt").write_text(storyboard_vtt(sprite_layout(o, facts)))
 
+    def compare(o: OutputSpec, encoded: Path, metrics: list[str], unavailable: list[str],
+                label: str) -> QualityMetrics:
+        probed = probe_output(encoded, name=o.name, uri=o.uri, checksum=None)
+        if not probed.width or not probed.height:
+            raise Internal(f"{label} has no video to measure")
+        argv = quality_argv(o, encoded, input_path, probed.width, probed.height, metrics,
+                            frame_rate=facts.frame_rate, stream_count=facts.stream_count, limits=limits)
+        stderr = run(Step(f"quality-{o.name}", argv, media_seconds(o, facts)), last=False)
+        try:
+            result = parse_metrics(stderr, metrics, unavailable)
+        except ValueError as exc:
+            raise Internal(f"{label}: {exc}") from exc
+        log.info("quality measured", extra={"fields": {"output": label, "metrics": result.wire()}})
+        return result
+
     def measure(o: OutputSpec) -> QualityOutcome:
         assert o.quality is not None
         if facts.video_codec is None:
@@ -121,26 +165,40 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
         if gate is not None and gate.metric in unavailable:
             raise Unsupported(f"output {o.name}: the quality gate needs {gate.metric}, which this worker's ffmpeg "
                               "cannot compute (no libvmaf)")
+        if o.type in ("hls", "dash"):
+            out_dir = outputs[o.name]
+            measured_renditions: list[QualityMetrics] = []
+            for i, r in enumerate(ladder(o.streaming, facts)):
+                if not metrics:
+                    measured_renditions.append(parse_metrics("", [], unavailable))
+                    continue
+                # Outside the output's directory: never uploaded; removed right after the measurement.
+                joined = out_dir.parent / f".quality-{o.name}-{r.name}.mp4"
+                try:
+                    join_rendition(rendition_parts(out_dir, rendition_key(o, i, r)), joined)
+                    measured_renditions.append(compare(o, joined, metrics, unavailable,
+                                                       f"output {o.name} rendition {r.name}"))
+                except FileNotFoundError as exc:
+                    raise Internal(f"output {o.name}: {exc}") from exc
+                finally:
+                    joined.unlink(missing_ok=True)
+            return QualityOutcome(None, renditions=tuple(measured_renditions))
         if not metrics:
             return QualityOutcome(parse_metrics("", [], unavailable))
-        probed = probe_output(outputs[o.name], name=o.name, uri=o.uri, checksum=None)
-        if not probed.width or not probed.height:
-            raise Internal(f"output {o.name} has no video to measure")
-        argv = quality_argv(o, outputs[o.name], input_path, probed.width, probed.height, metrics,
-                             frame_rate=facts.frame_rate, stream_count=facts.stream_count, limits=limits)
-        stderr = run(Step(f"quality-{o.name}", argv, media_seconds(o, facts)), last=False)
-        try:
-            result = parse_metrics(stderr, metrics, unavailable)
-        except ValueError as exc:
-            raise Internal(f"output {o.name}: {exc}") from exc
-        log.info("quality measured", extra={"fields": {"output": o.name, "metrics": result.wire()}})
-        return QualityOutcome(result)
+        return QualityOutcome(compare(o, outputs[o.name], metrics, unavailable, f"output {o.name}"))
 
     for o in measured:
         assert o.quality is not None
         outcome = measure(o)
         gate = o.quality.gate
-        value = gate_value(outcome.metrics, gate.metric) if gate else None
+        if gate is not None and outcome.renditions:
+            # Every rendition must pass (no re-encode for packages: the API refuses onFail reencode there).
+            for r, m in zip(ladder(o.streaming, facts), outcome.renditions, strict=True):
+                value = gate_value(m, gate.metric)
+                if value is not None and value < gate.min:
+                    raise QualityBelowThreshold(f"output {o.name} rendition {r.name}: {gate.metric} {value:g} is "
+                                                f"below the gate's min {gate.min:g}")
+        value = gate_value(outcome.metrics, gate.metric) if gate and outcome.metrics else None
         if gate is not None and value is not None and value < gate.min:
             if gate.on_fail == "reencode":
                 better = boosted(o)
@@ -153,7 +211,7 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
                                         loudness=loudness):
                     run(step, last=False)
                 outcome = QualityOutcome(measure(better).metrics, reencoded=True)
-                value = gate_value(outcome.metrics, gate.metric)
+                value = gate_value(outcome.metrics, gate.metric) if outcome.metrics else None
             if value is not None and value < gate.min:
                 after = " after one re-encode at a higher quality" if outcome.reencoded else ""
                 raise QualityBelowThreshold(f"output {o.name}: {gate.metric} {value:g} is below the gate's min "
@@ -319,7 +377,7 @@ def output_result(output: OutputSpec, path: Path, facts: InputFacts, checksum: s
                                             "video_codec": stream.get("codec_name")})
     renditions = []
     for i, r in enumerate(ladder(output.streaming, facts)):
-        init = path / (f"init_{r.name}.mp4" if output.type == "hls" else f"init_{i}.mp4")
+        init = path / f"init_{rendition_key(output, i, r)}.mp4"
         stream = (_probe_quiet(init).get("streams") or [{}])[0]  # type: ignore[index]
         playlist = f"stream_{r.name}.m3u8" if output.type == "hls" else (
             f"media_{i}.m3u8" if output.streaming and output.streaming.also_hls else None)
@@ -336,6 +394,10 @@ def output_result(output: OutputSpec, path: Path, facts: InputFacts, checksum: s
 def with_quality(result: OutputResult, outcome: QualityOutcome | None) -> OutputResult:
     if outcome is None:
         return result
+    if outcome.renditions and result.renditions:
+        renditions = [r.model_copy(update={"metrics": m})
+                      for r, m in zip(result.renditions, outcome.renditions, strict=True)]
+        return result.model_copy(update={"renditions": renditions})
     return result.model_copy(update={"metrics": outcome.metrics, "reencoded": True if outcome.reencoded else None})
 
 

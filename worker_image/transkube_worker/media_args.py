@@ -189,6 +189,25 @@ def stream_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: Inpu
     return argv
 
 
+def rendition_key(output: OutputSpec, index: int, rendition: Rendition) -> str:
+    """What names a rendition's files: its name in HLS (var_stream_map), its representation id in DASH."""
+    return rendition.name if output.type == "hls" else str(index)
+
+
+def rendition_parts(out_dir: Path, key: str) -> list[Path]:
+    """A rendition's CMAF files in play order: its init segment, then its media segments by number. Together they
+    are one fragmented MP4 (what a player appends to its buffer), so they can be read without any playlist."""
+    segments: list[tuple[int, Path]] = []
+    for p in out_dir.glob(f"seg_{key}_*.m4s"):
+        number = p.name[len(f"seg_{key}_"):-len(".m4s")]
+        if number.isdigit():
+            segments.append((int(number), p))
+    init = out_dir / f"init_{key}.mp4"
+    if not init.is_file() or not segments:
+        raise FileNotFoundError(f"no init segment or no media segments of rendition {key} in {out_dir}")
+    return [init, *(p for _, p in sorted(segments))]
+
+
 def playlist_of(output: OutputSpec) -> str:
     return HLS_MASTER if output.type == "hls" else DASH_MANIFEST
 

@@ -4,7 +4,8 @@ the quality gate's re-encode settings. The argv builders and parsers are pure; `
 Frames line up because the reference is the source with the output's deinterlace/denoise/aspect filters, cut
 to the output's trim the way ffmpeg's output-side -ss cut the encode (see trim_filter) and scaled (bicubic) to
 the output's probed size; both sides are converted to yuv420p and start at timestamp 0. A watermark is not
-applied to the reference.
+applied to the reference. An hls/dash output is measured rendition by rendition, each against the source scaled
+to that rendition's size (its init and media segments joined into one local fragmented MP4, see join_rendition).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +42,9 @@ VMAF_LINE = re.compile(r"VMAF score[:=]\s*([0-9.]+)")
 
 @dataclass(frozen=True)
 class QualityOutcome:
-    metrics: QualityMetrics
+    metrics: QualityMetrics | None  # file outputs
     reencoded: bool = False
+    renditions: tuple[QualityMetrics, ...] = ()  # hls/dash: one per rendition, in ladder order (highest first)
 
 
 @functools.cache
@@ -63,8 +66,28 @@ def computable(requested: list[str], filters: frozenset[str]) -> tuple[list[str]
 
 def cfr_sync(output: OutputSpec, stream_count: int | None) -> bool:
     """Whether ffmpeg 5.1's automatic video sync is constant-frame-rate for this output: muxers without variable
-    frame rate (mp4, mov), unless the input has a single stream (then it uses variable-frame-rate sync)."""
+    frame rate (mp4, mov), unless the input has a single stream (then it uses variable-frame-rate sync). The hls
+    and dash muxers have no variable frame rate either, and their video comes out of a filter graph (not straight
+    from the input), so the single-stream exception never applies to them."""
+    if output.type in ("hls", "dash"):
+        return True
     return output.container in CFR_CONTAINERS and stream_count != 1
+
+
+def join_rendition(parts: list[Path], dest: Path) -> Path:
+    """Concatenate a rendition's init and media segments (media_args.rendition_parts) into one fragmented MP4.
+
+    Why not read the rendition through its playlist: the hls (and dash) demuxers open whatever URIs a playlist
+    names, so they are kept out of the demuxer whitelist of every input. Our own playlists would be safe to read
+    (written by ffmpeg in this attempt into the scratch dir, naming only sibling segment files, and read with
+    -protocol_whitelist file), but a CMAF init segment followed by its media segments is itself a valid fragmented
+    MP4: the joined file goes through the same hardened input as the source (mov demuxer only, file protocol,
+    max_pixels), and HLS and DASH renditions are measured the same way."""
+    with dest.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    return dest
 
 
 def trim_filter(output: OutputSpec, frame_rate: float | None, cfr: bool) -> str | None:
