@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from . import generated
 from .tools import REPO_DIR
 
 DOC_PATH = REPO_DIR / "docs" / "api-reference.md"
@@ -127,12 +128,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    if "--write" in argv:
-        DOC_PATH.write_text(render())
-        print(f"wrote {DOC_PATH.relative_to(REPO_DIR)}", file=sys.stderr)
-    else:
-        sys.stdout.write(render())
-    return 0
+    return generated.main(DOC_PATH, render, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import generated
 from .tools import REPO_DIR
 
 CHART = REPO_DIR / "charts" / "transkube"
@@ -94,12 +95,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    if "--write" in argv:
-        SCHEMA_PATH.write_text(render())
-        print(f"wrote {SCHEMA_PATH.relative_to(REPO_DIR)}", file=sys.stderr)
-    else:
-        sys.stdout.write(render())
-    return 0
+    return generated.main(SCHEMA_PATH, render, argv)
 
 
 if __name__ == "__main__":
