@@ -60,22 +60,22 @@ def parse_dockerfile(text: str) -> list[Stage]:
     return stages
 
 
-def env_of(stage: Stage) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for arg in stage.values("ENV"):
+def assignments(stage: Stage, keyword: str) -> dict[str, str]:
+    """key=value pairs of a stage's ENV or LABEL instructions."""
+    out: dict[str, str] = {}
+    for arg in stage.values(keyword):
         for token in shlex.split(arg):
             key, _, value = token.partition("=")
-            env[key] = value
-    return env
+            out[key] = value
+    return out
+
+
+def env_of(stage: Stage) -> dict[str, str]:
+    return assignments(stage, "ENV")
 
 
 def labels_of(stage: Stage) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for arg in stage.values("LABEL"):
-        for token in shlex.split(arg):
-            key, _, value = token.partition("=")
-            labels[key] = value
-    return labels
+    return assignments(stage, "LABEL")
 
 
 def exec_form(arg: str) -> list[str]:
