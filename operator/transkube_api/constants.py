@@ -76,3 +76,34 @@ REASON_INVALID_PRESET = "InvalidPreset"
 # The quality gate: an output below its gate's min (after the one re-encode, if asked for). Exit UNSUPPORTED,
 # a permanent class: the same input with the same settings encodes to the same quality, a retry cannot help.
 REASON_QUALITY_BELOW_THRESHOLD = "QualityBelowThreshold"
+
+# Scheduling and lifecycle (issue 7).
+LABEL_POOL = f"{PREFIX}/pool"
+LABEL_PRIORITY = f"{PREFIX}/priority"
+LABEL_FAILURE_CATEGORY = f"{PREFIX}/failure-category"  # on Failed TranscodeJobs: the dead-letter view
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+ANNOTATION_FAULT_INJECTION = f"{PREFIX}/fault-injection"  # test-only, honoured when the operator allows it
+ANNOTATION_FAULT_ATTEMPTS = f"{PREFIX}/fault-injection-attempts"
+REASON_QUOTA_EXCEEDED = "QuotaExceeded"
+REASON_POOL_NOT_FOUND = "PoolNotFound"
+REASON_POOL_MISMATCH = "PoolMismatch"
+REASON_STALLED = "Stalled"
+
+# status.failureCategory of a Failed job, by its reason; anything not listed is Internal.
+CATEGORY_BY_REASON: dict[str, str] = {
+    "InvalidInput": "BadInput", "InputNotFound": "BadInput", REASON_INPUT_TOO_LARGE: "BadInput",
+    REASON_DURATION_LIMIT: "BadInput", REASON_RESOLUTION_LIMIT: "BadInput", REASON_TOO_MANY_STREAMS: "BadInput",
+    "Unsupported": "Unsupported",
+    REASON_STORAGE_ACCESS_DENIED: "Config", REASON_OUTPUT_BUCKET_NOT_FOUND: "Config",
+    REASON_PRESET_NOT_FOUND: "Config", REASON_INVALID_PRESET: "Config", "InvalidSpec": "Config",
+    REASON_POOL_NOT_FOUND: "Config", REASON_POOL_MISMATCH: "Config", "CreateContainerConfigError": "Config",
+    REASON_QUALITY_BELOW_THRESHOLD: "Quality",
+    "TransientError": "Transient", REASON_TERMINATED: "Transient", REASON_TRANSCODEJOB_DELETED: "Transient",
+    REASON_STALLED: "Stalled",
+    "DeadlineExceeded": "Timeout",
+    REASON_QUOTA_EXCEEDED: "Quota",
+}
+
+
+def failure_category(reason: str | None) -> str:
+    return CATEGORY_BY_REASON.get(reason or "", "Internal")

@@ -100,8 +100,10 @@ def immutability_rules() -> list[dict[str, str]]:
                            f"(!has(self.{name}) || self.{name} == oldSelf.{name})")
     return [
         {"rule": " && ".join(clauses),
-         "message": f"spec is immutable after creation, except {' and '.join(IMMUTABLE_EXCEPT)}"},
+         "message": f"spec is immutable after creation, except {', '.join(IMMUTABLE_EXCEPT)}"},
         {"rule": "!oldSelf.cancel || self.cancel", "message": "cancel cannot be undone", "fieldPath": ".cancel"},
+        {"rule": "self.manualRetry >= oldSelf.manualRetry", "message": "manualRetry cannot decrease",
+         "fieldPath": ".manualRetry"},
     ]
 
 
@@ -119,13 +121,21 @@ def crd() -> dict[str, Any]:
          "description": "Worker stage."},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1,
          "description": "Why it failed, if it did."},
+        {"name": "Pool", "type": "string", "jsonPath": ".status.queue.pool", "priority": 1,
+         "description": "Capacity pool."},
+        {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority", "priority": 1,
+         "description": "Admission priority."},
+        {"name": "Queue", "type": "integer", "jsonPath": ".status.queue.position", "priority": 1,
+         "description": "Place in the queue while Queued."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     return _crd(kind=KIND, plural=PLURAL, singular=SINGULAR, short_name=SHORT_NAME, categories=["all", CATEGORY],
                 scope="Namespaced", columns=columns, subresources={"status": {}},
                 description="A TranscodeJob turns one input video in S3-compatible storage into one or more "
                             "outputs by running FFmpeg in a Kubernetes Job.",
-                properties={"spec": spec_schema, "status": status_schema})
+                properties={"spec": spec_schema, "status": status_schema},
+                # kubectl get tj --field-selector status.phase=Failed,status.failureCategory=Transient
+                selectable=[".status.phase", ".status.failureCategory", ".status.queue.pool"])
 
 
 def preset_crd() -> dict[str, Any]:
@@ -148,12 +158,14 @@ def preset_crd() -> dict[str, Any]:
 
 def _crd(*, kind: str, plural: str, singular: str, short_name: str, categories: list[str], scope: str,
          columns: list[dict[str, Any]], subresources: dict[str, Any] | None, description: str,
-         properties: dict[str, Any]) -> dict[str, Any]:
+         properties: dict[str, Any], selectable: list[str] | None = None) -> dict[str, Any]:
     """The CustomResourceDefinition envelope shared by our kinds (one served, stored version)."""
     version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
     if subresources is not None:
         version["subresources"] = subresources
     version["additionalPrinterColumns"] = columns
+    if selectable:
+        version["selectableFields"] = [{"jsonPath": path} for path in selectable]
     version["schema"] = {"openAPIV3Schema": {
         "type": "object",
         "description": description,

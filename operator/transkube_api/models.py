@@ -632,7 +632,34 @@ class ResourcesSpec(ApiModel):
     limits: ResourceList | None = Field(default=None, description="Worker resource limits.")
 
 
-IMMUTABLE_EXCEPT = ("suspend", "cancel")
+# Spec fields (wire names) that may change after creation; the rest are immutable (a CEL transition rule).
+IMMUTABLE_EXCEPT = ("suspend", "cancel", "priority", "manualRetry", "ttlSecondsAfterFinished")
+
+WebhookEvent = Literal["queued", "started", "progress", "succeeded", "failed", "cancelled"]
+WEBHOOK_EVENTS: tuple[str, ...] = ("queued", "started", "progress", "succeeded", "failed", "cancelled")
+
+
+class WebhookSecretRef(ApiModel):
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)] = Field(
+        description="Name of a Secret in the TranscodeJob's namespace holding the signing secret.")
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = Field(
+        default="secret", description="The Secret's key whose value is the Standard Webhooks secret "
+                                      "(whsec_<base64>).")
+
+
+class WebhookSpec(ApiModel):
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] = Field(
+        description="Names the subscription in status.webhooks and in delivery ids.")
+    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s/@]+(/[^\s]*)?$")] = Field(
+        description="Where to POST the events (https; http only where the operator allows it). Resolved once "
+                    "per delivery and refused when it points at a loopback, private, link-local or metadata "
+                    "address the operator does not allow.")
+    events: Annotated[list[WebhookEvent], Field(min_length=1, max_length=6)] = Field(
+        description="Which events to send: queued, started, progress (throttled), succeeded, failed, cancelled.",
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    secret_ref: WebhookSecretRef = Field(description="The signing secret (Standard Webhooks, HMAC-SHA256).")
+    progress_interval_seconds: Annotated[int, Field(ge=5, le=3600)] = Field(
+        default=30, description="At most one progress event per this many seconds.")
 
 
 class TranscodeJobSpec(ApiModel):
@@ -656,6 +683,28 @@ class TranscodeJobSpec(ApiModel):
         default=None, description="Wall-clock limit for the whole job, retries included (activeDeadlineSeconds).")
     suspend: bool = Field(default=False, description="Pause (true) or resume (false) the job.")
     cancel: bool = Field(default=False, description="Stop the job for good and remove partial outputs.")
+    priority: Annotated[int, Field(ge=-50, le=50)] = Field(
+        default=0, description="Admission order within the pool: higher first, FIFO within a priority; waiting "
+                               "jobs age upwards so none starves. May change while the job is queued.")
+    pool: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] | None = Field(
+        default=None, description="The capacity pool to queue in (operator config); by default the pool for "
+                                  "accelerator.type (cpu or gpu).")
+    retry_backoff_seconds: Annotated[list[Annotated[int, Field(ge=0, le=86400)]], Field(
+        min_length=1, max_length=10)] | None = Field(
+        default=None, description="Delay before each retry (the last entry repeats); the operator's schedule "
+                                  "when unset. Bad input is never retried.")
+    stall_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] | None = Field(
+        default=None, description="Kill and retry an attempt whose ffmpeg made no progress for this long "
+                                  "(the operator's default when unset).")
+    manual_retry: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=0, description="Raise by one to retry a Failed job: a fresh Job starts, the attempt history "
+                               "stays in status. Cannot decrease.")
+    webhooks: Annotated[list[WebhookSpec], Field(max_length=5)] | None = Field(
+        default=None, description="Signed event deliveries (Standard Webhooks) for this job.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=31536000)] | None = Field(
+        default=None, description="Delete this TranscodeJob this long after it finished (the operator's "
+                                  "retention when unset; none by default). Pending webhook deliveries go first.")
 
     @model_validator(mode="after")
     def _unique_uris(self) -> TranscodeJobSpec:
@@ -675,7 +724,12 @@ class TranscodeJobSpec(ApiModel):
 
 # ---- status ------------------------------------------------------------------------------------
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended"]
+Phase = Literal["Queued", "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended"]
+# Every Failed job gets one (status.failureCategory, label transkube.dev/failure-category): the dead-letter view.
+FailureCategory = Literal["BadInput", "Unsupported", "Config", "Quality", "Transient", "Internal", "Stalled",
+                          "Timeout", "Quota"]
+# How one attempt ended, and so whether it counted against retryLimit.
+FailureClass = Literal["Permanent", "Transient", "Internal", "Disruption", "Stalled"]
 Stage = Literal["Pending", "Downloading", "Probing", "Transcoding", "Uploading", "Done"]
 
 
@@ -775,6 +829,60 @@ class AcceleratorStatus(ApiModel):
     reason: str | None = Field(default=None, description="Why effective differs from requested.")
 
 
+class QueueStatus(ApiModel):
+    pool: str = Field(description="The pool the job queues in.")
+    priority: int = Field(description="spec.priority as last seen.")
+    position: int | None = Field(default=None, description="1-based place in the pool's queue while waiting.")
+    reason: str | None = Field(default=None, description="Why it waits: PoolCapacity or NamespaceConcurrency.")
+    enqueued_time: str | None = Field(default=None, description="When the job joined the queue (RFC 3339).")
+    admitted_time: str | None = Field(default=None, description="When it was admitted to run (RFC 3339).")
+
+
+class AttemptRecord(ApiModel):
+    attempt: int = Field(description="1-based attempt number (across manual retries).")
+    round: int = Field(default=0, description="Which manual retry the attempt belongs to (0: the first run).")
+    pod: str = Field(description="The worker pod.")
+    node: str | None = Field(default=None, description="Where it ran.")
+    start_time: str | None = Field(default=None, description="When the pod was created (RFC 3339).")
+    finish_time: str | None = Field(default=None, description="When it ended (RFC 3339).")
+    exit_code: int | None = Field(default=None, description="The worker's exit code.")
+    reason: str | None = Field(default=None, description="Why it ended (CamelCase).")
+    message: str | None = Field(default=None, description="Detail of the failure.")
+    failure_class: FailureClass | None = Field(
+        default=None, description="Permanent (not retried), Transient or Internal (retried, counted), Disruption "
+                                  "(retried, not counted) or Stalled (killed by the watchdog, counted).")
+    counted: bool | None = Field(default=None, description="Whether the failure counted against retryLimit.")
+
+
+class WebhookState(ApiModel):
+    name: str = Field(description="spec.webhooks[].name.")
+    disabled: bool | None = Field(default=None, description="True once the receiver answered 410 Gone.")
+    disabled_reason: str | None = Field(default=None, description="Why deliveries stopped.")
+    last_progress_time: str | None = Field(default=None, description="When the last progress event was queued.")
+    last_progress_percent: float | None = Field(
+        default=None, description="The percent of the last progress event queued (an unchanged percent is not "
+                                  "sent again).")
+    progress_events: int | None = Field(default=None, description="Progress events queued so far (numbers their ids).")
+
+
+class WebhookDelivery(ApiModel):
+    id: str = Field(description="The webhook-id header: the same on every attempt, so receivers can dedupe.")
+    webhook: str = Field(description="spec.webhooks[].name.")
+    type: str = Field(description="Event type, such as transcodejob.succeeded.")
+    event_time: str = Field(description="When the event happened (RFC 3339).")
+    state: Literal["Pending", "Delivered", "Failed", "Abandoned"] = Field(
+        description="Pending (to send or retry), Delivered (2xx), Failed (schedule exhausted) or Abandoned "
+                    "(the subscription was disabled).")
+    attempts: int = Field(default=0, description="POSTs made so far.")
+    next_attempt_time: str | None = Field(default=None, description="When the next POST is due (RFC 3339).")
+    last_attempt_time: str | None = Field(default=None, description="When the last POST was made (RFC 3339).")
+    response_status: int | None = Field(default=None, description="HTTP status of the last response.")
+    last_error: str | None = Field(default=None, description="Why the last attempt failed.")
+    data: dict[str, Any] | None = Field(
+        default=None, description="Event data captured when the event happened (progress events).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
 class TranscodeJobStatus(ApiModel):
     # A transition rule: the API server refuses any status write that changes or drops resolvedOutputs.
     model_config = ConfigDict(frozen=False, json_schema_extra=_rules(
@@ -809,3 +917,17 @@ class TranscodeJobStatus(ApiModel):
                                   "created; later preset edits never change it.")
     presets: Annotated[list[PresetUse], Field(max_length=10)] | None = Field(
         default=None, description="Which preset (and which generation of it) each preset output was resolved from.")
+    queue: QueueStatus | None = Field(default=None, description="Pool, priority and place in the admission queue.")
+    failure_category: FailureCategory | None = Field(
+        default=None, description="On Failed: BadInput, Unsupported, Config, Quality, Transient, Internal, Stalled, "
+                                  "Timeout or Quota (also the label transkube.dev/failure-category).")
+    attempt_history: Annotated[list[AttemptRecord], Field(max_length=50)] | None = Field(
+        default=None, description="Every attempt and how it ended, kept across manual retries (the latest 50).")
+    next_attempt_time: str | None = Field(
+        default=None, description="While waiting to retry: when the next attempt may start (RFC 3339).")
+    manual_retries: int | None = Field(default=None, description="The spec.manualRetry value last acted on.")
+    webhooks: Annotated[list[WebhookState], Field(max_length=5)] | None = Field(
+        default=None, description="Per subscription: disabled or not, and progress throttling.")
+    webhook_deliveries: Annotated[list[WebhookDelivery], Field(max_length=100)] | None = Field(
+        default=None, description="The outbox: one entry per event and subscription, with its delivery state. "
+                                  "Written before any POST, so a restart neither loses nor repeats a delivery.")

@@ -3,6 +3,7 @@
 - Ready: True once the spec is fully realised (succeeded, or cancelled as asked).
 - Succeeded: True on success, False on failure or cancel, Unknown while in flight.
 - Reconciling / Stalled: present only while True (kstatus' abnormal-true conditions).
+  Stalled is also True (reason NoProgress) between a watchdog kill and the next attempt.
 lastTransitionTime changes only when a condition's status flips.
 """
 
@@ -22,7 +23,9 @@ class Want:
     message: str = ""
 
 
-def wanted(phase: Phase, reason: str | None, message: str | None) -> list[Want]:
+def wanted(phase: Phase, reason: str | None, message: str | None, stalled: bool = False) -> list[Want]:
+    """`stalled`: the watchdog killed the last attempt for want of progress and the next one is not running yet
+    (Stalled=True with reason NoProgress until it is)."""
     msg = message or ""
     if phase == "Succeeded":
         return [Want("Ready", "True", "Succeeded", msg or "all outputs written"),
@@ -37,10 +40,13 @@ def wanted(phase: Phase, reason: str | None, message: str | None) -> list[Want]:
     if phase == "Suspended":
         return [Want("Ready", "False", "Suspended", msg or "suspended by spec.suspend"),
                 Want("Succeeded", "Unknown", "Suspended", msg or "suspended by spec.suspend")]
-    # Pending or Running: in progress.
+    # Queued, Pending or Running: in progress.
     why = reason or phase
-    return [Want("Ready", "False", why, msg), Want("Succeeded", "Unknown", why, msg),
-            Want("Reconciling", "True", why, msg)]
+    wants = [Want("Ready", "False", why, msg), Want("Succeeded", "Unknown", why, msg),
+             Want("Reconciling", "True", why, msg)]
+    if stalled:
+        wants.append(Want("Stalled", "True", "NoProgress", msg))
+    return wants
 
 
 def merge(existing: list[dict[str, Any]], wants: list[Want], generation: int | None, now: str) -> list[dict[str, Any]]:

@@ -15,6 +15,77 @@ def _env(name: str, default: str) -> str:
 
 
 @dataclass(frozen=True)
+class Pool:
+    """A capacity pool: how many TranscodeJobs of it may run at once, and on what."""
+
+    capacity: int
+    accelerator: str = "cpu"  # cpu or nvidia: a job may only queue in a pool of its accelerator type
+
+
+@dataclass(frozen=True)
+class NamespaceQuota:
+    """Per-namespace limits; None = unlimited. maxConcurrent makes jobs wait; the others refuse them."""
+
+    max_concurrent: int | None = None  # admitted (running) at once; more wait in Queued
+    max_queued: int | None = None  # Queued at once; a job beyond it is refused (QuotaExceeded)
+    max_per_day: int | None = None  # created in the last 24 hours; a job beyond it is refused (QuotaExceeded)
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> NamespaceQuota:
+        return cls(max_concurrent=raw.get("maxConcurrent"), max_queued=raw.get("maxQueued"),
+                   max_per_day=raw.get("maxPerDay"))
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """Admission: pools, aging, quotas. builtin: the operator admits; kueue: Kueue unsuspends the Jobs."""
+
+    mode: str = "builtin"
+    pools: dict[str, Pool] = field(default_factory=lambda: {"cpu": Pool(4, "cpu"), "gpu": Pool(1, "nvidia")})
+    # The pool a job goes to when spec.pool is unset, by accelerator type.
+    default_pools: dict[str, str] = field(default_factory=lambda: {"cpu": "cpu", "nvidia": "gpu"})
+    # A waiting job gains one priority step per aging_seconds (0: no aging), so low priorities never starve.
+    aging_seconds: int = 300
+    default_quota: NamespaceQuota = field(default_factory=NamespaceQuota)
+    quotas: dict[str, NamespaceQuota] = field(default_factory=dict)
+    kueue_queue_name: str | None = None  # kueue mode: the LocalQueue; default: the pool's name
+
+    def quota(self, namespace: str) -> NamespaceQuota:
+        return self.quotas.get(namespace, self.default_quota)
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Scheduling:
+        base = cls()
+        pools = {name: Pool(int(p["capacity"]), str(p.get("accelerator", "cpu")))
+                 for name, p in (raw.get("pools") or {}).items()} or base.pools
+        return cls(mode=str(raw.get("mode", base.mode)), pools=pools,
+                   default_pools={**base.default_pools, **(raw.get("defaultPools") or {})},
+                   aging_seconds=int(raw.get("agingSeconds", base.aging_seconds)),
+                   default_quota=NamespaceQuota.from_wire(raw.get("defaultQuota") or {}),
+                   quotas={ns: NamespaceQuota.from_wire(q) for ns, q in (raw.get("quotas") or {}).items()},
+                   kueue_queue_name=raw.get("kueueQueueName") or None)
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    retry_schedule: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000)
+    # Networks a webhook URL may resolve to although they are loopback/private (metadata needs an exact /32).
+    allowed_cidrs: tuple[str, ...] = ()
+    allow_http: bool = False
+    timeout_seconds: float = 10.0
+    max_response_bytes: int = 65536
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Webhooks:
+        base = cls()
+        return cls(retry_schedule=tuple(int(x) for x in raw.get("retrySchedule", base.retry_schedule)),
+                   allowed_cidrs=tuple(raw.get("allowedCidrs", base.allowed_cidrs)),
+                   allow_http=bool(raw.get("allowHttp", base.allow_http)),
+                   timeout_seconds=float(raw.get("timeoutSeconds", base.timeout_seconds)),
+                   max_response_bytes=int(raw.get("maxResponseBytes", base.max_response_bytes)))
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     worker_image: str = "ghcr.io/transkube/worker:latest"
     worker_command: tuple[str, ...] = ("transkube-worker", "run")
@@ -40,6 +111,16 @@ class OperatorConfig:
     liveness_port: int = 8080
     # Input limits passed to every worker (TRANSKUBE_MAX_* env, same names in the operator and the worker).
     limits: dict[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
+    scheduling: Scheduling = field(default_factory=Scheduling)
+    # Delay before retry n (the last entry repeats); spec.retryBackoffSeconds overrides it per job.
+    retry_backoff_seconds: tuple[int, ...] = (10, 30, 60, 120, 300)
+    # Watchdog: an attempt whose ffmpeg progress is older than this is killed (counted) and retried.
+    stall_timeout_seconds: int = 300
+    # Delete finished TranscodeJobs this long after completion (0: keep them); spec.ttlSecondsAfterFinished wins.
+    finished_retention_seconds: int = 0
+    webhooks: Webhooks = field(default_factory=Webhooks)
+    # Test-only: let the worker read the transkube.dev/fault-injection annotation. Never on in production.
+    fault_injection: bool = False
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -66,4 +147,12 @@ class OperatorConfig:
             metrics_port=int(_env("TRANSKUBE_METRICS_PORT", str(base.metrics_port))),
             liveness_port=int(_env("TRANSKUBE_LIVENESS_PORT", str(base.liveness_port))),
             limits={name: int(_env(name, str(default))) for name, default in LIMIT_DEFAULTS.items()},
+            scheduling=Scheduling.from_wire(json.loads(_env("TRANSKUBE_SCHEDULING", "{}"))),
+            retry_backoff_seconds=tuple(json.loads(_env("TRANSKUBE_RETRY_BACKOFF_SECONDS",
+                                                        json.dumps(base.retry_backoff_seconds)))),
+            stall_timeout_seconds=int(_env("TRANSKUBE_STALL_TIMEOUT_SECONDS", str(base.stall_timeout_seconds))),
+            finished_retention_seconds=int(_env("TRANSKUBE_FINISHED_RETENTION_SECONDS",
+                                                str(base.finished_retention_seconds))),
+            webhooks=Webhooks.from_wire(json.loads(_env("TRANSKUBE_WEBHOOKS", "{}"))),
+            fault_injection=_env("TRANSKUBE_FAULT_INJECTION", "false").lower() == "true",
         )

@@ -10,9 +10,12 @@ from transkube_api.constants import (
     API_VERSION,
     GROUP,
     KIND,
+    KUEUE_QUEUE_LABEL,
     LABEL_ACCELERATOR,
     LABEL_JOB,
     LABEL_MANAGED_BY,
+    LABEL_POOL,
+    LABEL_PRIORITY,
     MANAGED_BY,
     PLURAL,
     WORKER_CONTAINER,
@@ -35,12 +38,13 @@ class Owner:
     uid: str
 
 
-def job_name(owner_name: str, accelerator: Accelerator, requested: Accelerator) -> str:
+def job_name(owner_name: str, accelerator: Accelerator, requested: Accelerator, round_: int = 0) -> str:
     """Deterministic: the same TranscodeJob always maps to the same Job name, so a repeated create is a 409.
 
-    A CPU fallback of a GPU job gets its own name, so the two never collide.
+    A CPU fallback of a GPU job, and each manual retry round, get their own names, so they never collide with
+    a Job still being deleted.
     """
-    suffix = "-cpu" if accelerator == "cpu" and requested == "nvidia" else ""
+    suffix = ("-cpu" if accelerator == "cpu" and requested == "nvidia" else "") + (f"-r{round_}" if round_ else "")
     base = f"{owner_name}{suffix}"
     if len(base) <= 52:  # Job names feed pod names (+ 11 chars) and the job-name label (63)
         return base
@@ -70,9 +74,17 @@ def _resources(spec: TranscodeJobSpec, cfg: OperatorConfig, accelerator: Acceler
     return {"requests": requests, "limits": limits}
 
 
-def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, accelerator: Accelerator) -> Manifest:
-    name = job_name(owner.name, accelerator, spec.accelerator.type)
+def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, accelerator: Accelerator,
+              *, pool: str | None = None, round_: int = 0, suspend: bool | None = None) -> Manifest:
+    """`suspend`: create the Job held (queued, or waiting out a retry backoff); default spec.suspend."""
+    name = job_name(owner.name, accelerator, spec.accelerator.type, round_)
     lbl = labels(owner, accelerator)
+    # Scheduling labels on the Job (not the pods): what a queueing controller like Kueue keys on.
+    job_labels = {**lbl, LABEL_PRIORITY: str(spec.priority)}
+    if pool:
+        job_labels[LABEL_POOL] = pool
+        if cfg.scheduling.mode == "kueue":
+            job_labels[KUEUE_QUEUE_LABEL] = cfg.scheduling.kueue_queue_name or pool
     secret = spec.input.credentials_secret_ref
     env = [
         {"name": "TRANSKUBE_JOB_NAMESPACE", "value": owner.namespace},
@@ -89,6 +101,8 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
     ]
     if cfg.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": cfg.s3_endpoint})
+    if cfg.fault_injection:
+        env.append({"name": "TRANSKUBE_FAULT_INJECTION", "value": "allowed"})
     if accelerator == "nvidia":
         # The NVIDIA container runtime mounts the driver's video libraries only when asked.
         env.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"})
@@ -133,13 +147,17 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
     job_spec: Manifest = {
         "backoffLimit": spec.retry_limit,
         "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
-        "suspend": spec.suspend,
+        "suspend": spec.suspend if suspend is None else suspend,
         "podFailurePolicy": {"rules": [
             # Bad input or an unsupported request fails the job at once: no retry can help.
             {"action": "FailJob", "onExitCodes": {"containerName": WORKER_CONTAINER, "operator": "In",
                                                   "values": list(ExitCode.PERMANENT)}},
             # Evictions, preemptions and node drains are not the job's fault.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # Storage or network trouble, a killed (stalled) attempt, an unexpected ffmpeg failure: retry, and
+            # count it against retryLimit. (The Job's default for any other failure, spelled out.)
+            {"action": "Count", "onExitCodes": {"containerName": WORKER_CONTAINER, "operator": "In",
+                                                "values": [ExitCode.TRANSIENT, ExitCode.INTERNAL]}},
         ]},
         "template": {"metadata": {"labels": lbl}, "spec": pod_spec},
     }
@@ -151,7 +169,7 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": lbl,
+            "labels": job_labels,
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid,
                                  "controller": True, "blockOwnerDeletion": True}],
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -22,7 +23,7 @@ from transkube_api.constants import (
     VERSION,
 )
 
-from .reconcile import CreateJob, DeleteJob, Event, SetJobSuspend
+from .reconcile import Action, CreateJob, DeleteJob, DeletePod, DeleteTranscodeJob, Event
 
 log = logging.getLogger("transkube.operator")
 Obj = dict[str, Any]
@@ -68,10 +69,48 @@ class Kube:
         return list(self._raw(self.core.list_namespaced_pod(
             namespace, label_selector=selector, _preload_content=False))["items"])
 
+    def list_tjs(self) -> list[Obj]:
+        """Every TranscodeJob in the cluster (one consistent LIST), for the admission queue."""
+        return list(self._raw(self.custom.list_cluster_custom_object(
+            GROUP, VERSION, PLURAL, _preload_content=False))["items"])
+
     def patch_status(self, namespace: str, name: str, patch: Obj) -> None:
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
 
-    def apply(self, namespace: str, owner_uid: str, action: CreateJob | DeleteJob | SetJobSuspend) -> None:
+    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                   {"metadata": {"labels": labels}})
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key is missing."""
+        try:
+            secret = self._raw(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.get("data") or {}).get(key)
+        return base64.b64decode(raw).decode().strip() if raw else None
+
+    def apply(self, namespace: str, owner_uid: str, action: Action, tj_name: str = "") -> None:
+        if isinstance(action, DeletePod):
+            try:
+                self.core.delete_namespaced_pod(action.name, namespace)
+                log.info("deleted stalled pod %s/%s", namespace, action.name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            return
+        if isinstance(action, DeleteTranscodeJob):
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, tj_name,
+                    body={"preconditions": {"uid": owner_uid}, "propagationPolicy": "Background"})
+                log.info("deleted finished TranscodeJob %s/%s (retention)", namespace, tj_name)
+            except ApiException as e:
+                if e.status not in (404, 409):
+                    raise
+            return
         if isinstance(action, CreateJob):
             self.create_job(namespace, owner_uid, action.manifest)
         elif isinstance(action, DeleteJob):

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended")
+PHASES = ("Queued", "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended")
 
 JOBS = Gauge("transkube_transcodejobs", "TranscodeJobs known to this operator, by phase.", ["phase"])
 DURATION = Histogram(
@@ -125,3 +125,29 @@ def record(obs: list[Observation]) -> None:
 
 def _time(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+# ---- scheduling and lifecycle: set by the admission loop from one LIST of every TranscodeJob ------------
+
+POOL_QUEUED = Gauge("transkube_pool_queued", "TranscodeJobs waiting for admission, by pool.", ["pool"])
+POOL_RUNNING = Gauge("transkube_pool_admitted", "Admitted TranscodeJobs holding a pool slot, by pool.", ["pool"])
+POOL_CAPACITY = Gauge("transkube_pool_capacity", "Slots per pool (operator config).", ["pool"])
+DEAD_LETTERS = Gauge("transkube_failed_transcodejobs", "Failed TranscodeJobs (the dead-letter view), by failure "
+                     "category.", ["category"])
+QUOTA_REFUSALS = Counter("transkube_quota_refusals_total", "TranscodeJobs refused by a namespace quota.",
+                         ["namespace"])
+STALLS = Counter("transkube_stalled_attempts_total", "Attempts killed by the stall watchdog.")
+WEBHOOK_DELIVERIES = Counter("transkube_webhook_deliveries_total", "Webhook POSTs made (or refused before "
+                             "connecting), by result reason.", ["result"])
+FAILURE_CATEGORIES = ("BadInput", "Unsupported", "Config", "Quality", "Transient", "Internal", "Stalled", "Timeout",
+                      "Quota")
+
+
+def record_queue(queued: dict[str, int], running: dict[str, int], capacity: dict[str, int],
+                 failed_by_category: dict[str, int]) -> None:
+    for pool, cap in capacity.items():
+        POOL_CAPACITY.labels(pool).set(cap)
+        POOL_QUEUED.labels(pool).set(queued.get(pool, 0))
+        POOL_RUNNING.labels(pool).set(running.get(pool, 0))
+    for category in FAILURE_CATEGORIES:
+        DEAD_LETTERS.labels(category).set(failed_by_category.get(category, 0))

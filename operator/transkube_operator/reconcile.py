@@ -14,24 +14,30 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from transkube_api.constants import (
+    LABEL_FAILURE_CATEGORY,
     REASON_BY_EXIT_CODE,
     REASON_INVALID_PRESET,
+    REASON_POOL_MISMATCH,
+    REASON_POOL_NOT_FOUND,
     REASON_PRESET_NOT_FOUND,
+    REASON_STALLED,
     WORKER_CONTAINER,
+    failure_category,
 )
 from transkube_api.models import TranscodeJobSpec
 from transkube_api.presets import PresetError, resolve_output
 
-from . import conditions
+from . import conditions, history
 from .config import OperatorConfig
 from .jobspec import Accelerator, Owner, build_job, job_name
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 # Why a job waits, shown in status.reason (and the wide Reason column) while Pending.
-PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff")
+PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff", REASON_STALLED)
 OPERATOR_KEYS = ("observedGeneration", "phase", "reason", "message", "conditions", "attempts", "jobName",
-                 "accelerator", "startTime", "completionTime", "resolvedOutputs", "presets")
+                 "accelerator", "startTime", "completionTime", "resolvedOutputs", "presets", "queue",
+                 "failureCategory", "attemptHistory", "nextAttemptTime", "manualRetries")
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,19 @@ class SetJobSuspend:
     suspend: bool
 
 
-Action = CreateJob | DeleteJob | SetJobSuspend
+@dataclass(frozen=True)
+class DeletePod:
+    """The stall watchdog's kill: the pod fails, the Job counts it and starts the next attempt."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DeleteTranscodeJob:
+    """Retention: the finished TranscodeJob (and through ownership its Job) goes."""
+
+
+Action = CreateJob | DeleteJob | SetJobSuspend | DeletePod | DeleteTranscodeJob
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,10 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     status_patch: Obj = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # metadata.labels to merge-patch on the TranscodeJob (None value: remove), or None.
+    labels_patch: dict[str, str | None] | None = None
+    # When a time-based decision is next due (retry backoff end, retention, stall deadline); None: none.
+    wake_at: dt.datetime | None = None
 
 
 def rfc3339(t: dt.datetime) -> str:
@@ -182,8 +204,9 @@ def resolve_presets(spec: TranscodeJobSpec, status: Obj, presets: Mapping[str, O
 
 
 def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt.datetime,
-         presets: Mapping[str, Obj | None] | None = None) -> Plan:
-    """`presets`: the TranscodePresets named in presets_needed(tj), by name (None: not found)."""
+         presets: Mapping[str, Obj | None] | None = None, refusal: tuple[str, str] | None = None) -> Plan:
+    """`presets`: the TranscodePresets named in presets_needed(tj), by name (None: not found).
+    `refusal`: (reason, message) when the admission queue refuses this job (a namespace quota)."""
     meta = tj["metadata"]
     status: Obj = tj.get("status") or {}
     generation = meta.get("generation")
@@ -203,23 +226,43 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         return _finish(tj, Plan(phase="Failed"), desired, "Failed", "InvalidSpec",
                        f"spec.{where}: {first['msg']}", now_s, events_if_new=old_phase != "Failed")
 
+    round_ = int(status.get("manualRetries") or 0)
+    fresh = False
+    if spec.manual_retry > round_:
+        if old_phase == "Failed":
+            # A fresh start under a new Job name; the history stays, the verdict goes.
+            round_, fresh, old_phase = spec.manual_retry, True, None
+            for key in ("reason", "message", "failureCategory", "completionTime", "nextAttemptTime", "queue"):
+                desired[key] = None
+            desired["accelerator"] = None
+            events.append(Event("Normal", "ManualRetry", f"retry {round_} requested (spec.manualRetry): a fresh "
+                                                         "Job starts; the attempt history is kept"))
+        elif old_phase != "Cancelled" or not spec.cancel:
+            events.append(Event("Warning", "RetryIgnored", f"spec.manualRetry={spec.manual_retry}: only a Failed "
+                                                           f"job can be retried; this one is {old_phase}"))
+        desired["manualRetries"] = spec.manual_retry
+
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     requested: Accelerator = spec.accelerator.type
-    effective: Accelerator = (status.get("accelerator") or {}).get("effective") or requested
-    name = job_name(owner.name, effective, requested)
+    accel_status: Obj = desired.get("accelerator") or {}
+    effective: Accelerator = accel_status.get("effective") or requested
+    name = job_name(owner.name, effective, requested, round_)
     live = [j for j in jobs if not j["metadata"].get("deletionTimestamp")]
     job = next((j for j in live if j["metadata"]["name"] == name), None)
     job_pods = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name]
     actions += [DeleteJob(j["metadata"]["name"]) for j in live if j["metadata"]["name"] != name]
     desired["accelerator"] = {"requested": requested, "effective": effective,
-                              **({"reason": status["accelerator"]["reason"]}
-                                 if effective != requested and (status.get("accelerator") or {}).get("reason") else {})}
+                              **({"reason": accel_status["reason"]}
+                                 if effective != requested and accel_status.get("reason") else {})}
+    attempt_log = history.update(status.get("attemptHistory") or [], job_pods, round_, now_s)
+    desired["attemptHistory"] = attempt_log or None
 
     if old_phase in TERMINAL:
         if old_phase == "Cancelled" and job is not None:
             actions.append(DeleteJob(name))
-        return _finish(tj, Plan(phase=old_phase, actions=actions), desired, old_phase, status.get("reason"),
-                       status.get("message"), now_s)
+        p = Plan(phase=old_phase, actions=actions, events=events)
+        _retention(p, spec, status, cfg, now)
+        return _finish(tj, p, desired, old_phase, status.get("reason"), status.get("message"), now_s)
 
     if spec.cancel:
         if job is not None:
@@ -235,65 +278,149 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
                        failure.message, now_s, events_if_new=True)
     desired.update(recorded)
 
+    # ---- the admission queue
+    sched = cfg.scheduling
+    queue: Obj = dict(desired.get("queue") or {})
+    pool = queue.get("pool") or spec.pool or sched.default_pools.get(effective, effective)
+    if pool not in sched.pools:
+        return _finish(tj, Plan(phase="Failed", actions=actions), desired, "Failed", REASON_POOL_NOT_FOUND,
+                       f"pool {pool!r} is not configured (pools: {', '.join(sorted(sched.pools))})", now_s,
+                       events_if_new=True)
+    if sched.pools[pool].accelerator != effective:
+        return _finish(tj, Plan(phase="Failed", actions=actions), desired, "Failed", REASON_POOL_MISMATCH,
+                       f"pool {pool!r} runs {sched.pools[pool].accelerator} jobs; this job needs {effective}",
+                       now_s, events_if_new=True)
+    queue.update(pool=pool, priority=spec.priority)
+    queue.setdefault("enqueuedTime", now_s)
+    kueue = sched.mode == "kueue"
+    if spec.suspend and not kueue:
+        # A suspended job frees its slot; on resume it queues again (keeping its place by enqueue time).
+        for key in ("admittedTime", "position", "reason"):
+            queue.pop(key, None)
+    if kueue:
+        admitted = job is not None and not (job.get("spec") or {}).get("suspend") and not spec.suspend
+        if admitted and not queue.get("admittedTime"):
+            queue["admittedTime"] = now_s
+    else:
+        admitted = bool(queue.get("admittedTime"))
+    if admitted:
+        queue.pop("position", None)
+        queue.pop("reason", None)
+    desired["queue"] = queue
+    if refusal and not admitted:
+        if job is not None:
+            actions.append(DeleteJob(name))
+        return _finish(tj, Plan(phase="Failed", actions=actions), desired, "Failed", refusal[0], refusal[1],
+                       now_s, events_if_new=True)
+
+    # ---- retry backoff: after a counted failure the Job is held until the schedule says go
+    counted = history.counted_failures(attempt_log, round_)
+    jstatus: Obj = (job.get("status") or {}) if job else {}
+    wake_at: dt.datetime | None = None
+    in_backoff = False
+    if job is not None and counted and not int(jstatus.get("active") or 0) and len(counted) <= spec.retry_limit:
+        schedule = spec.retry_backoff_seconds or list(cfg.retry_backoff_seconds)
+        delay = schedule[min(len(counted), len(schedule)) - 1]
+        finished = parse_time(counted[-1].get("finishTime"))
+        if finished and delay and now < finished + dt.timedelta(seconds=delay):
+            in_backoff = True
+            wake_at = finished + dt.timedelta(seconds=delay)
+    desired["nextAttemptTime"] = rfc3339(wake_at) if wake_at else None
+    hold = spec.suspend or not admitted or in_backoff
+
     if job is None:
-        manifest = build_job(owner, spec, cfg, effective)
+        manifest = build_job(owner, spec, cfg, effective, pool=pool, round_=round_,
+                             suspend=True if kueue else hold)
         actions.append(CreateJob(manifest))
-        if status.get("jobName") != name:
-            events.append(Event("Normal", "JobCreated", f"created Job {name} ({effective})"))
+        if status.get("jobName") != name or fresh:
+            events.append(Event("Normal", "JobCreated", f"created Job {name} ({effective}, pool {pool})"))
         desired["jobName"] = name
         desired["attempts"] = status.get("attempts") or 0
-        phase = "Suspended" if spec.suspend else "Pending"
-        return _finish(tj, Plan(phase=phase, actions=actions, events=events), desired, phase,
-                       None if phase == "Suspended" else "JobCreated", None, now_s)
+        phase = "Suspended" if spec.suspend else ("Pending" if admitted else "Queued")
+        p = Plan(phase=phase, actions=actions, events=events, wake_at=wake_at)
+        return _finish(tj, p, desired, phase, None if phase == "Suspended" else "JobCreated", None, now_s,
+                       reset_progress=fresh)
 
     desired["jobName"] = name
-    jstatus = job.get("status") or {}
-    started = sum(int(jstatus.get(k) or 0) for k in ("active", "failed", "succeeded"))
-    attempts = max(int(status.get("attempts") or 0), started)
+    attempts = max(int(status.get("attempts") or 0), attempt_log[-1]["attempt"] if attempt_log else 0)
     if attempts > int(status.get("attempts") or 0) and attempts > 1:
-        previous = last_failure(job_pods)
-        why = f" after {previous[0]}: {previous[1]}" if previous else ""
-        events.append(Event("Warning", "Retrying", f"attempt {attempts} of {spec.retry_limit + 1} started{why}"))
+        previous = history.last_failure(attempt_log[:-1], round_) if not fresh else None
+        why = f" after {previous.get('reason')}: {previous.get('message')}" if previous else ""
+        in_round = sum(1 for e in attempt_log if e.get("round", 0) == round_)
+        of = f"attempt {in_round} of {spec.retry_limit + 1}" + (f" of retry {round_}" if round_ else "")
+        events.append(Event("Warning", "Retrying", f"{of} started{why}"))
     desired["attempts"] = attempts
     if jstatus.get("startTime") and not desired.get("startTime"):
         desired["startTime"] = jstatus["startTime"]
 
     if _job_condition(job, "Complete"):
         events.append(Event("Normal", "Succeeded", f"transcode finished: {len(spec.outputs)} output(s) written"))
-        return _finish(tj, Plan(phase="Succeeded", actions=actions, events=events), desired, "Succeeded", None,
-                       None, now_s)
+        p = Plan(phase="Succeeded", actions=actions, events=events)
+        _retention(p, spec, {**status, "completionTime": now_s}, cfg, now)
+        return _finish(tj, p, desired, "Succeeded", None, None, now_s)
     failed = _job_condition(job, "Failed")
     if failed:
-        reason, message = _failure_reason(failed, job_pods)
+        reason, message = _failure_reason(failed, job_pods, history.last_failure(attempt_log, round_))
         events.append(Event("Warning", "Failed", f"{reason}: {message}"))
-        return _finish(tj, Plan(phase="Failed", actions=actions, events=events), desired, "Failed", reason, message,
-                       now_s)
+        p = Plan(phase="Failed", actions=actions, events=events)
+        _retention(p, spec, {**status, "completionTime": now_s}, cfg, now)
+        return _finish(tj, p, desired, "Failed", reason, message, now_s)
 
-    if bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
-        actions.append(SetJobSuspend(name, spec.suspend))
-        events.append(Event("Normal", "Suspended" if spec.suspend else "Resumed",
-                            "spec.suspend is true: pods are stopped" if spec.suspend else "spec.suspend is false"))
+    if not kueue and bool((job.get("spec") or {}).get("suspend")) != hold:
+        actions.append(SetJobSuspend(name, hold))
+    elif kueue and spec.suspend and not (job.get("spec") or {}).get("suspend"):
+        actions.append(SetJobSuspend(name, True))
+    if spec.suspend and old_phase != "Suspended":
+        events.append(Event("Normal", "Suspended", "spec.suspend is true: pods are stopped"))
+    elif not spec.suspend and old_phase == "Suspended":
+        events.append(Event("Normal", "Resumed", "spec.suspend is false: the job queues again"))
     if spec.suspend:
         return _finish(tj, Plan(phase="Suspended", actions=actions, events=events), desired, "Suspended", None,
                        None, now_s)
+    if not admitted:
+        where = f"pool {pool}" + (f", position {queue['position']}" if queue.get("position") else "")
+        why = {"PoolCapacity": "the pool is at capacity",
+               "NamespaceConcurrency": "the namespace is at its maxConcurrent"}.get(queue.get("reason") or "",
+                                                                                      "waiting for admission")
+        return _finish(tj, Plan(phase="Queued", actions=actions, events=events), desired, "Queued",
+                       queue.get("reason") or "Queued", f"{where} (priority {spec.priority}): {why}", now_s)
+    if old_phase == "Queued":
+        events.append(Event("Normal", "Admitted", f"admitted to pool {pool}"))
 
     current = [p for p in job_pods if not p["metadata"].get("deletionTimestamp")
                and (p.get("status") or {}).get("phase") in ("Pending", "Running")]
     running = [p for p in current if p["status"].get("phase") == "Running"]
     # A worker that exited 0 keeps the job Running until the Job controller marks it Complete.
     finishing = not current and any((p.get("status") or {}).get("phase") == "Succeeded" for p in job_pods)
+    stall_timeout = spec.stall_timeout_seconds or cfg.stall_timeout_seconds
+    if running:
+        stalled = _stalled(running[0], status.get("progress") or {}, stall_timeout, now)
+        if stalled:
+            pod_name = running[0]["metadata"]["name"]
+            actions.append(DeletePod(pod_name))
+            desired["attemptHistory"] = history.update(attempt_log, job_pods, round_, now_s,
+                                                       stalled=frozenset({pod_name}))
+            message = f"no ffmpeg progress for {stall_timeout}s in pod {pod_name}: killing the attempt to retry it"
+            events.append(Event("Warning", REASON_STALLED, message))
+            return _finish(tj, Plan(phase="Pending", actions=actions, events=events), desired, "Pending",
+                           REASON_STALLED, message, now_s, stalled=True)
+        deadline = _stall_deadline(running[0], status.get("progress") or {}, stall_timeout)
+        wake_at = deadline if deadline and (wake_at is None or deadline < wake_at) else wake_at
     if running or finishing:
         if old_phase != "Running" and running:
             pod = running[0]
             events.append(Event("Normal", "Started",
                                 f"worker pod {pod['metadata']['name']} running on {pod['spec'].get('nodeName')}"))
-        return _finish(tj, Plan(phase="Running", actions=actions, events=events), desired, "Running", "Running",
-                       None, now_s)
+        return _finish(tj, Plan(phase="Running", actions=actions, events=events, wake_at=wake_at), desired,
+                       "Running", "Running", None, now_s)
 
     reason, message = "Pending", "waiting for the worker pod to start"
-    previous = last_failure(job_pods)
+    previous = history.last_failure(attempt_log, round_)
+    stalled_before = bool(previous and previous.get("failureClass") == "Stalled") and not current
     if not current and previous:
-        reason, message = "RetryBackoff", f"attempt {attempts} failed ({previous[0]}: {previous[1]}); retrying"
+        reason = "RetryBackoff"
+        message = f"attempt {previous['attempt']} failed ({previous.get('reason')}: {previous.get('message')})"
+        message += f"; next attempt at {desired['nextAttemptTime']}" if in_backoff else "; retrying"
     blocked = next((c for p in current if (c := _unschedulable(p))), None)
     if blocked:
         reason, message = "Unschedulable", str(blocked.get("message", ""))
@@ -301,42 +428,98 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         waited = (now - created).total_seconds() if created else 0.0
         if (effective == "nvidia" and spec.accelerator.fallback == "cpu"
                 and waited >= spec.accelerator.fallback_after_seconds):
-            cpu_name = job_name(owner.name, "cpu", requested)
-            actions += [DeleteJob(name), CreateJob(build_job(owner, spec, cfg, "cpu"))]
+            cpu_pool = sched.default_pools.get("cpu", "cpu")
+            cpu_name = job_name(owner.name, "cpu", requested, round_)
             why = f"no GPU node took the job within {spec.accelerator.fallback_after_seconds}s: {message}"
+            # The CPU Job queues in the CPU pool: the GPU slot is released, a CPU slot must be granted.
+            desired["queue"] = {"pool": cpu_pool, "priority": spec.priority, "enqueuedTime": now_s}
+            actions += [DeleteJob(name), CreateJob(build_job(owner, spec, cfg, "cpu", pool=cpu_pool, round_=round_,
+                                                             suspend=True))]
             desired["accelerator"] = {"requested": requested, "effective": "cpu", "reason": why}
             desired["jobName"] = cpu_name
             events.append(Event("Warning", "FallbackToCPU", why))
-            reason, message = "FallbackToCPU", why
-    return _finish(tj, Plan(phase="Pending", actions=actions, events=events), desired, "Pending", reason, message,
-                   now_s)
+            return _finish(tj, Plan(phase="Queued", actions=actions, events=events), desired, "Queued",
+                           "FallbackToCPU", why, now_s)
+        if effective == "nvidia" and spec.accelerator.fallback == "cpu" and created:
+            due = created + dt.timedelta(seconds=spec.accelerator.fallback_after_seconds)
+            wake_at = due if wake_at is None or due < wake_at else wake_at
+    return _finish(tj, Plan(phase="Pending", actions=actions, events=events, wake_at=wake_at), desired, "Pending",
+                   reason, message, now_s, stalled=stalled_before)
 
 
-def _failure_reason(failed: Obj, pods: list[Obj]) -> tuple[str, str]:
+def _stall_deadline(pod: Obj, progress: Obj, timeout: int) -> dt.datetime | None:
+    """When the running attempt counts as stalled if ffmpeg reports nothing new: `timeout` after its last
+    Transcoding progress written during this pod's life."""
+    if progress.get("stage") != "Transcoding":
+        return None
+    updated = parse_time(progress.get("updatedAt"))
+    started = parse_time((pod.get("status") or {}).get("startTime") or pod["metadata"].get("creationTimestamp"))
+    if updated is None or started is None or updated < started:
+        return None  # the progress is an earlier attempt's
+    return updated + dt.timedelta(seconds=timeout)
+
+
+def _stalled(pod: Obj, progress: Obj, timeout: int, now: dt.datetime) -> bool:
+    deadline = _stall_deadline(pod, progress, timeout)
+    return deadline is not None and now >= deadline
+
+
+def _retention(p: Plan, spec: TranscodeJobSpec, status: Obj, cfg: OperatorConfig, now: dt.datetime) -> None:
+    """Delete a finished TranscodeJob after its TTL, once no webhook delivery is pending."""
+    ttl = spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None \
+        else cfg.finished_retention_seconds
+    finished = parse_time(status.get("completionTime"))
+    if not ttl or finished is None:
+        return
+    due = finished + dt.timedelta(seconds=ttl)
+    pending = any(d.get("state") == "Pending" for d in status.get("webhookDeliveries") or [])
+    if now >= due and not pending:
+        p.actions.append(DeleteTranscodeJob())
+    elif now < due:
+        p.wake_at = due if p.wake_at is None or due < p.wake_at else p.wake_at
+
+
+def _failure_reason(failed: Obj, pods: list[Obj], last: Obj | None) -> tuple[str, str]:
     job_reason = str(failed.get("reason") or "Failed")
     if job_reason == "DeadlineExceeded":
         return "DeadlineExceeded", str(failed.get("message") or "the job ran past spec.deadlineSeconds")
+    if last and last.get("reason"):
+        return str(last["reason"]), str(last.get("message") or "")
     from_pod = last_failure(pods)
     if from_pod:
         return from_pod
     return job_reason, str(failed.get("message") or "")
 
 
+def _dict_patch(old: Any, new: Any) -> Any:
+    """A JSON merge patch value for a nested object: keys dropped from `new` are sent as null."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**{k: None for k in old if k not in new}, **new}
+    return new
+
+
 def _finish(tj: Obj, p: Plan, desired: Obj, phase: str, reason: str | None, message: str | None, now: str,
-            events_if_new: bool = False) -> Plan:
+            events_if_new: bool = False, stalled: bool = False, reset_progress: bool = False) -> Plan:
     status: Obj = tj.get("status") or {}
     desired["phase"] = phase
-    desired["reason"] = reason if phase in ("Failed", "Cancelled") or reason in PENDING_REASONS else None
+    desired["reason"] = reason if phase in ("Failed", "Cancelled", "Queued") or reason in PENDING_REASONS else None
     desired["message"] = message if desired["reason"] else None
+    desired["failureCategory"] = failure_category(reason) if phase == "Failed" else None
     desired["conditions"] = conditions.merge(status.get("conditions") or [],
-                                             conditions.wanted(phase, reason, message),
+                                             conditions.wanted(phase, reason, message, stalled=stalled),
                                              desired.get("observedGeneration"), now)
     if phase in TERMINAL and not desired.get("completionTime"):
         desired["completionTime"] = now
     if events_if_new and phase == "Failed":
         p.events.append(Event("Warning", "Failed", f"{reason}: {message}"))
-    patch: Obj = {k: v for k, v in desired.items() if v != status.get(k) and not (v is None and k not in status)}
-    if phase == "Pending" and not status.get("progress"):
-        patch["progress"] = {"stage": "Pending", "percent": 0}
+    patch: Obj = {k: _dict_patch(status.get(k), v) for k, v in desired.items()
+                  if v != status.get(k) and not (v is None and k not in status)}
+    if reset_progress or (phase in ("Pending", "Queued") and not status.get("progress")):
+        patch["progress"] = {"stage": "Pending", "percent": 0, "fps": None, "speed": None, "etaSeconds": None,
+                             "eta": None}
     p.status_patch = patch
+    labels = (tj["metadata"].get("labels") or {})
+    category = desired["failureCategory"]
+    if labels.get(LABEL_FAILURE_CATEGORY) != category:
+        p.labels_patch = {LABEL_FAILURE_CATEGORY: category}
     return p

@@ -208,7 +208,7 @@ def test_spec_is_immutable_except_suspend_and_cancel(kube: Kube, tj_namespace: s
     with pytest.raises(ApiError) as err:
         kube.merge_patch(tj_path(ns, "frozen"), {"spec": {"retryLimit": 5}})
     assert err.value.status == 422
-    assert "spec is immutable after creation, except suspend and cancel" in err.value.body
+    assert "spec is immutable after creation, except suspend, cancel, priority" in err.value.body
     kube.merge_patch(tj_path(ns, "frozen"), {"spec": {"cancel": True}})
     with pytest.raises(ApiError) as err:
         kube.merge_patch(tj_path(ns, "frozen"), {"spec": {"cancel": False}})

@@ -18,4 +18,4 @@ def test_every_spec_field_is_documented_with_its_description() -> None:
         assert path in text, path
         row = next(line for line in text.splitlines() if line.startswith(f"| {path} |"))
         assert row.rstrip(" |").split("|")[-1].strip(), f"{path} has no description"
-    assert "spec is immutable after creation, except suspend and cancel" in text  # a CEL rule's message
+    assert "spec is immutable after creation, except suspend, cancel, priority" in text  # a CEL rule's message

@@ -22,10 +22,17 @@ SPEC: dict[str, Any] = {
 }
 
 
-def tj(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+ADMITTED = {"pool": "cpu", "priority": 0, "enqueuedTime": "2026-11-21T11:00:00Z",
+            "admittedTime": "2026-11-21T11:00:01Z"}
+
+
+def tj(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1,
+       admitted: bool = True) -> dict[str, Any]:
+    """A TranscodeJob; admitted by the queue unless told otherwise (most tests are about what follows)."""
     return {"metadata": {"name": "movie", "namespace": "media", "uid": "uid-1", "generation": generation,
                          "creationTimestamp": "2026-11-21T11:00:00Z"},
-            "spec": {**SPEC, **(spec or {})}, "status": status or {}}
+            "spec": {**SPEC, **(spec or {})},
+            "status": {**({"queue": dict(ADMITTED)} if admitted else {}), **(status or {})}}
 
 
 def job(name: str = "movie", *, conditions_: list[dict[str, Any]] | None = None, suspend: bool = False,
@@ -146,22 +153,27 @@ def test_suspend_maps_to_job_suspend_and_back() -> None:
 def test_gpu_job_falls_back_to_cpu_after_the_timeout() -> None:
     spec = {"accelerator": {"type": "nvidia", "fallback": "cpu", "fallbackAfterSeconds": 60}}
     stuck = pod("movie-a", "Pending", unschedulable="0/2 nodes are available: Insufficient nvidia.com/gpu")
-    early = plan(tj(spec, {"phase": "Pending"}), [job(created="2026-11-21T11:59:30Z")], [stuck], CFG, NOW)
+    gpu = {"phase": "Pending", "queue": {**ADMITTED, "pool": "gpu"}}
+    early = plan(tj(spec, gpu), [job(created="2026-11-21T11:59:30Z")], [stuck], CFG, NOW)
     assert early.actions == []
     assert early.status_patch["reason"] == "Unschedulable"
-    late = plan(tj(spec, {"phase": "Pending"}), [job(created="2026-11-21T11:58:00Z")], [stuck], CFG, NOW)
+    late = plan(tj(spec, gpu), [job(created="2026-11-21T11:58:00Z")], [stuck], CFG, NOW)
     delete, create = late.actions
     assert delete == DeleteJob("movie")
     assert isinstance(create, CreateJob) and create.manifest["metadata"]["name"] == "movie-cpu"
     assert "nodeSelector" not in create.manifest["spec"]["template"]["spec"]
     assert late.status_patch["accelerator"]["effective"] == "cpu"
     assert [e.reason for e in late.events] == ["FallbackToCPU"]
+    # The CPU Job waits for a slot in the CPU pool: the GPU slot is released.
+    assert create.manifest["spec"]["suspend"] is True and late.phase == "Queued"
+    assert late.status_patch["queue"]["pool"] == "cpu" and late.status_patch["queue"]["admittedTime"] is None
 
 
 def test_wait_policy_never_falls_back() -> None:
     spec = {"accelerator": {"type": "nvidia", "fallback": "wait", "fallbackAfterSeconds": 10}}
     stuck = pod("movie-a", "Pending", unschedulable="Insufficient nvidia.com/gpu")
-    p = plan(tj(spec, {"phase": "Pending"}), [job(created="2026-11-20T00:00:00Z")], [stuck], CFG, NOW)
+    p = plan(tj(spec, {"phase": "Pending", "queue": {**ADMITTED, "pool": "gpu"}}),
+             [job(created="2026-11-20T00:00:00Z")], [stuck], CFG, NOW)
     assert p.actions == []
 
 

@@ -167,7 +167,7 @@ def test_presets_needed_until_resolved() -> None:
 
 def test_plan_resolves_presets_into_the_job_and_records_them() -> None:
     p = plan(tj([out(video={"codec": "h264", "crf": 20})]), [], [], CFG, NOW, {"web-720p": preset_obj(WEB)})
-    assert p.phase == "Pending"
+    assert p.phase == "Queued"  # a new job waits for admission first
     (action,) = p.actions
     assert isinstance(action, CreateJob)
     (sent,) = worker_spec(action)["outputs"]
@@ -205,4 +205,4 @@ def test_a_merge_that_does_not_validate_fails_as_invalid_preset() -> None:
 
 def test_jobs_without_presets_record_nothing() -> None:
     p = plan(tj([{"name": "o", "uri": "s3://bkt/o.mp4", "container": "mp4"}]), [], [], CFG, NOW)
-    assert "resolvedOutputs" not in p.status_patch and p.phase == "Pending"
+    assert "resolvedOutputs" not in p.status_patch and p.phase == "Queued"

@@ -24,10 +24,13 @@ from transkube_worker.errors import Terminated
 from transkube_worker.storage import (
     S3_URI,
     S3Location,
+    abort_stale_uploads,
     classify_s3_error,
     make_client,
     parse_s3_uri,
     sha256_file,
+    stale_upload_matches,
+    stale_upload_targets,
     transfer_config,
 )
 
@@ -136,3 +139,38 @@ def test_client_uses_path_style_and_env_region() -> None:
     config: Any = client.meta.config
     assert config.s3 == {"addressing_style": "path"}
     assert config.retries == {"mode": "standard", "total_max_attempts": 2}
+
+
+# ---- stale multipart uploads of earlier attempts ----------------------------------------------------------
+
+
+def test_stale_upload_matches_exact_key_or_prefix() -> None:
+    file_target = S3Location("b", "out/web.mp4")
+    assert stale_upload_matches("out/web.mp4", file_target)
+    assert not stale_upload_matches("out/web.mp4.bak", file_target)  # what a Prefix=out/web.mp4 listing returns too
+    assert not stale_upload_matches("out/web", file_target)
+    prefix_target = S3Location("b", "out/hls/")
+    assert stale_upload_matches("out/hls/seg_0.m4s", prefix_target)
+    assert stale_upload_matches("out/hls/v/deep.m4s", prefix_target)
+    assert not stale_upload_matches("out/hls-old/seg_0.m4s", prefix_target)
+    assert not stale_upload_matches("out/hls", prefix_target)
+
+
+def test_stale_upload_targets_add_large_files_under_prefixes() -> None:
+    mib = 1024 * 1024
+    outputs = [S3Location("b", "web.mp4"), S3Location("b", "hls/"), S3Location("b", "web.mp4")]
+    files = [(S3Location("b", "web.mp4"), 100 * mib),  # a file output: already its own target
+             (S3Location("b", "hls/master.m3u8"), 1000),  # too small to have gone multipart
+             (S3Location("b", "hls/seg_1.m4s"), 20 * mib),
+             (S3Location("other", "hls/seg_2.m4s"), 20 * mib)]  # another bucket: not under the prefix
+    assert stale_upload_targets(outputs, files, 8 * mib) == [
+        S3Location("b", "web.mp4"), S3Location("b", "hls/"), S3Location("b", "hls/seg_1.m4s")]
+    assert stale_upload_targets([], files, 0) == []
+
+
+def test_abort_stale_uploads_never_fails_the_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    client = make_client({"AWS_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"})
+    assert abort_stale_uploads(client, [S3Location("bucket", "web.mp4"), S3Location("bucket", "hls/")]) == 0

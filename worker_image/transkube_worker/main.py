@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from transkube_api.models import (
 from . import __version__
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
 from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, WorkerError, termination_message
+from .faults import Fault, Stall, lookup_fault
 from .ffmpeg_args import DEFAULT_LIMITS, Accelerator, Limits, LoudnormMeasurement, bitrate_bits, output_paths
 from .limits import check_facts, check_size
 from .logs import configure_logging
@@ -63,21 +64,26 @@ from .status_writer import KubeStatusWriter, NullStatusWriter, StatusWriter
 from .steps import Step, analysis_steps, media_seconds, media_steps
 from .storage import (
     CONTENT_TYPES,
+    DEFAULT_MULTIPART_THRESHOLD,
     ByteCounter,
     S3Location,
     Upload,
+    abort_stale_uploads,
     delete_objects,
     download,
     head_size,
     make_client,
     parse_s3_uri,
     sha256_file,
+    stale_upload_targets,
     transfer_config,
     upload_all,
 )
 from .transcode import run_ffmpeg
 
 if TYPE_CHECKING:
+    import subprocess
+
     from mypy_boto3_s3.client import S3Client
 
 log = logging.getLogger("transkube_worker")
@@ -88,7 +94,8 @@ SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, Path], facts: InputFacts,
                    accelerator: Accelerator, reporter: ProgressReporter, *, limits: Limits = DEFAULT_LIMITS,
                    assets: dict[str, Path] | None = None,
-                   quality: dict[str, QualityOutcome] | None = None) -> list[str]:
+                   quality: dict[str, QualityOutcome] | None = None,
+                   on_spawn: Callable[[subprocess.Popen[str]], None] | None = None) -> list[str]:
     """Plan and run every ffmpeg step on local files (loudness analyses first, then the file outputs' shared
     run, then one run per package/image output, then the quality measurements and any quality re-encode),
     reporting progress over all of them as one Transcoding stage (never going backwards); returns the argv of
@@ -125,7 +132,7 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
             best = max(best, progress.percent)  # a quality re-encode adds work: hold, never go back
             reporter.update(progress.model_copy(update={"percent": best}))
 
-        stderr = run_ffmpeg(step.argv, on_sample)
+        stderr = run_ffmpeg(step.argv, on_sample, on_spawn=on_spawn)
         done += step.media_seconds
         return stderr
 
@@ -224,9 +231,11 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
 class Attempt:
     """One run of the job. Keeps what cleanup needs: the scratch dir and the objects it started uploading."""
 
-    def __init__(self, cfg: WorkerConfig, status: StatusWriter) -> None:
+    def __init__(self, cfg: WorkerConfig, status: StatusWriter, fault: Fault | None = None) -> None:
         self.cfg = cfg
         self.status = status
+        self.fault = fault  # test-only fault injection (faults.py); None on the normal path
+        self.stall = Stall() if fault is Fault.STALL else None
         # Done goes through write_final (retried: it carries status.outputs); the rest is best-effort.
         self.reporter = ProgressReporter(self._write, cfg.progress_interval)
         self.scratch: Path | None = None
@@ -239,6 +248,8 @@ class Attempt:
             self.status.write_final(progress)
         else:
             self.status.write_progress(progress)
+            if self.stall is not None:
+                self.stall.after_write(progress.stage)  # test-only: blocks (ffmpeg stopped) until SIGTERM
 
     def execute(self) -> list[OutputResult]:
         """Everything up to complete, uploaded outputs."""
@@ -247,6 +258,9 @@ class Attempt:
         self.scratch = Path(tempfile.mkdtemp(prefix="transkube-", dir=self.cfg.scratch_dir))
         self.client = make_client()
         input_path = self._download(self.client, parse_s3_uri(spec.input.uri), check_input_size=True)
+        injected = self.fault.error() if self.fault is not None else None
+        if injected is not None:
+            raise injected  # test-only exit-* fault, through the normal failure path
         facts = self._probe(input_path)
         assets = self._download_assets(self.client)
         out_dir = self.scratch / "out"
@@ -254,7 +268,8 @@ class Attempt:
         outputs = output_paths(spec, out_dir)
         started = time.monotonic()
         argv = transcode_step(spec, input_path, outputs, facts, self.cfg.accelerator, self.reporter,
-                              limits=self.cfg.limits.ffmpeg, assets=assets, quality=self.quality)
+                              limits=self.cfg.limits.ffmpeg, assets=assets, quality=self.quality,
+                              on_spawn=self.stall.on_spawn if self.stall is not None else None)
         log.info("transcoded", extra={"fields": {"seconds": round(time.monotonic() - started, 2), "argv": argv}})
         return self._upload(self.client, outputs, facts)
 
@@ -307,7 +322,8 @@ class Attempt:
         uploads: list[Upload] = []
         for o in spec.outputs:
             uploads += output_uploads(o, outputs[o.name])
-        total = sum(u.path.stat().st_size for u in uploads)
+        sizes = [(u.location, u.path.stat().st_size) for u in uploads]
+        total = sum(size for _, size in sizes)
         counter = ByteCounter()
         checksums: dict[str, str] = {}
 
@@ -321,11 +337,21 @@ class Attempt:
                 tick()
 
         self.reporter.update(compute_progress("Uploading", utcnow(), done_bytes=0, total_bytes=total))
+        self._abort_stale_uploads(client, sizes)
         started = time.monotonic()
         upload_all(client, uploads, counter, transfer_config(), tick, self.submitted.append, hash_outputs)
         log.info("uploaded", extra={"fields": {"bytes": total, "seconds": round(time.monotonic() - started, 2)}})
         return [with_quality(output_result(o, outputs[o.name], facts, checksums.get(o.uri)), self.quality.get(o.name))
                 for o in spec.outputs]
+
+    def _abort_stale_uploads(self, client: S3Client, sizes: list[tuple[S3Location, int]]) -> None:
+        """An earlier attempt that was killed (OOM, node loss, a stalled attempt) cannot abort its multipart
+        uploads: they would keep their parts (and cost storage) forever unless the bucket has a lifecycle rule."""
+        targets = stale_upload_targets([parse_s3_uri(o.uri) for o in self.cfg.spec.outputs], sizes,
+                                       DEFAULT_MULTIPART_THRESHOLD // 2)  # half: sizes vary a bit between attempts
+        aborted = abort_stale_uploads(client, targets)
+        log.info("aborted stale multipart uploads", extra={"fields": {"aborted": aborted,
+                                                                       "targets": len(targets)}})
 
     def discard_outputs(self) -> None:
         """A failed or interrupted attempt leaves no partial outputs behind (deleting a missing key is a no-op)."""
@@ -426,7 +452,8 @@ def run(env: Mapping[str, str]) -> int:
         return exc.exit_code
     configure_logging(cfg.namespace, cfg.name)
     status: StatusWriter = KubeStatusWriter(cfg.namespace, cfg.name) if cfg.status_writes else NullStatusWriter()
-    attempt = Attempt(cfg, status)
+    # Test-only fault injection: no API call unless the operator set TRANSKUBE_FAULT_INJECTION=allowed.
+    attempt = Attempt(cfg, status, lookup_fault(env, cfg.namespace, cfg.name))
     error: WorkerError | None = None
     log.info("starting", extra={"fields": {"version": __version__, "accelerator": cfg.accelerator,
                                            "outputs": [o.name for o in cfg.spec.outputs]}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 else:
     S3Client = Any
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
@@ -260,6 +263,61 @@ def delete_objects(client: S3Client, locations: Sequence[S3Location]) -> list[st
         except Exception as exc:  # cleanup must go on with the other objects
             errors.append(f"{loc.uri}: {classify_s3_error(exc, operation='delete', uri=loc.uri).message}")
     return errors
+
+
+def stale_upload_matches(key: str, target: S3Location) -> bool:
+    """Whether an in-progress upload's key belongs to `target`: a prefix target (key ending in '/') owns every
+    key under it, a file target only its exact key (never e.g. `web.mp4.bak` next to `web.mp4`)."""
+    return key.startswith(target.key) if target.key.endswith("/") else key == target.key
+
+
+def stale_upload_targets(outputs: Sequence[S3Location], files: Sequence[tuple[S3Location, int]],
+                         min_size: int) -> list[S3Location]:
+    """Where to look for an earlier attempt's incomplete multipart uploads: each output's key (file) or prefix,
+    plus, under prefix outputs, the exact key of each file (with its size) of at least `min_size` bytes. MinIO
+    lists multipart uploads only for an exact object name, never by prefix, and only files near the multipart
+    threshold can have had one; an earlier attempt of the same spec wrote the same names."""
+    targets = list(dict.fromkeys(outputs))
+    prefixes = [t for t in targets if t.key.endswith("/")]
+    for loc, size in files:
+        if size >= min_size and any(loc.bucket == p.bucket and stale_upload_matches(loc.key, p) for p in prefixes):
+            targets.append(loc)
+    return list(dict.fromkeys(targets))
+
+
+def abort_stale_uploads(client: S3Client, targets: Sequence[S3Location]) -> int:
+    """Abort the incomplete multipart uploads under each target (see stale_upload_matches); returns how many were
+    aborted. Run before this attempt uploads anything, so every match is a leftover of a killed earlier attempt.
+    Best-effort: a refused listing (not every policy grants s3:ListBucketMultipartUploads) or a failed abort is
+    logged and never fails the transcode."""
+    aborted = 0
+    seen: set[tuple[str, str]] = set()  # a file target may also lie under a prefix target
+    for target in targets:
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=target.bucket, Prefix=target.key)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    key, upload_id = upload.get("Key"), upload.get("UploadId")
+                    if not key or not upload_id or (key, upload_id) in seen or not stale_upload_matches(key, target):
+                        continue
+                    seen.add((key, upload_id))
+                    try:
+                        client.abort_multipart_upload(Bucket=target.bucket, Key=key, UploadId=upload_id)
+                    except ClientError as exc:
+                        if _client_error_parts(exc)[0] != "NoSuchUpload":  # gone meanwhile: nothing to do
+                            raise
+                        continue
+                    aborted += 1
+        except Exception as exc:
+            # A signal's Terminated (possibly wrapped by botocore) must still stop the attempt: it is raised once.
+            signalled = next((link for link in _chain(exc) if isinstance(link, WorkerError)), None)
+            if signalled is exc:
+                raise
+            if signalled is not None:
+                raise signalled from exc
+            log.warning("cannot abort stale multipart uploads", extra={"fields": {
+                "uri": target.uri, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}})
+    return aborted
 
 
 def sha256_file(path: Path, chunk_size: int = MiB) -> str:

@@ -110,9 +110,11 @@ def _drain(stream: IO[str], sink: TailBuffer) -> None:
 
 def stop_process(proc: subprocess.Popen[str], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM (ffmpeg's "finish up and exit"), then SIGKILL after `grace` seconds. `q` on stdin is not an option
-    with -nostdin."""
+    with -nostdin. SIGCONT first: a stopped process (the test-only `stall` fault SIGSTOPs ffmpeg) would not act
+    on SIGTERM until continued; for a running one it is a no-op."""
     if proc.poll() is not None:
         return
+    proc.send_signal(signal.SIGCONT)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
@@ -130,10 +132,12 @@ def ffmpeg_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_ffmpeg(argv: Sequence[str], on_sample: Callable[[ProgressSample], None]) -> str:
+def run_ffmpeg(argv: Sequence[str], on_sample: Callable[[ProgressSample], None], *,
+               on_spawn: Callable[[subprocess.Popen[str]], None] | None = None) -> str:
     """Run ffmpeg to completion, calling `on_sample` for every `-progress` block; returns the tail of its stderr
     (analysis passes print their results there); raises a WorkerError when it fails. Any exception (a signal,
-    JobGone from the status writer) stops ffmpeg before propagating."""
+    JobGone from the status writer) stops ffmpeg before propagating. `on_spawn` gets the process (only the
+    test-only stall fault uses it)."""
     stderr = TailBuffer()
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="replace", bufsize=1, env=ffmpeg_env())
@@ -143,6 +147,8 @@ def run_ffmpeg(argv: Sequence[str], on_sample: Callable[[ProgressSample], None])
     drain.start()
     parser = ProgressParser()
     try:
+        if on_spawn is not None:
+            on_spawn(proc)
         for line in proc.stdout:
             sample = parser.feed(line)
             if sample is not None:

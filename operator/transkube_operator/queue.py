@@ -1,0 +1,142 @@
+"""Pure: the admission queue. Given every TranscodeJob, decide which waiting ones to admit now, where the others
+stand, and which a namespace quota refuses.
+
+Order within a pool: effective priority first (spec.priority plus one step per `aging_seconds` waited, so nothing
+starves), then FIFO by enqueue time, then name. A pool's capacity counts admitted jobs that are not finished and
+not suspended. A namespace's maxConcurrent makes its jobs wait without blocking other namespaces' jobs behind them.
+maxQueued and maxPerDay refuse (QuotaExceeded) rather than leave a job waiting forever.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Scheduling
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+REASON_POOL_CAPACITY = "PoolCapacity"
+REASON_NAMESPACE_CONCURRENCY = "NamespaceConcurrency"
+REASON_QUOTA_EXCEEDED = "QuotaExceeded"
+DAY = dt.timedelta(days=1)
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A TranscodeJob as admission sees it."""
+
+    namespace: str
+    name: str
+    pool: str | None  # None: the operator has not queued it yet
+    priority: int
+    created: dt.datetime
+    enqueued: dt.datetime
+    admitted: bool
+    holds_capacity: bool  # admitted, not finished, not suspended
+    waiting: bool  # queued, not admitted, not suspended
+    position: int | None
+    reason: str | None
+    refused: bool  # already failed by a quota
+
+    @property
+    def key(self) -> Key:
+        return self.namespace, self.name
+
+
+def entry_of(tj: Obj) -> Entry:
+    meta = tj["metadata"]
+    spec = tj.get("spec") or {}
+    status = tj.get("status") or {}
+    queue = status.get("queue") or {}
+    phase = status.get("phase")
+    created = _time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC)
+    active = phase not in TERMINAL and not spec.get("cancel")
+    admitted = bool(queue.get("admittedTime"))
+    suspended = bool(spec.get("suspend"))
+    return Entry(
+        namespace=meta["namespace"], name=meta["name"], pool=queue.get("pool"),
+        priority=int(spec.get("priority") or 0), created=created,
+        enqueued=_time(queue.get("enqueuedTime")) or created, admitted=admitted,
+        holds_capacity=active and admitted and not suspended,
+        waiting=active and not admitted and not suspended and phase == "Queued" and bool(queue.get("pool")),
+        position=queue.get("position"), reason=queue.get("reason"),
+        refused=phase == "Failed" and status.get("reason") == REASON_QUOTA_EXCEEDED)
+
+
+def effective_priority(entry: Entry, sched: Scheduling, now: dt.datetime) -> int:
+    if sched.aging_seconds <= 0:
+        return entry.priority
+    waited = max(0.0, (now - entry.enqueued).total_seconds())
+    return entry.priority + int(waited // sched.aging_seconds)
+
+
+@dataclass
+class Decision:
+    admit: list[Key] = field(default_factory=list)
+    # Waiting jobs whose place or reason changed: (position, reason).
+    positions: dict[Key, tuple[int, str]] = field(default_factory=dict)
+    refuse: dict[Key, str] = field(default_factory=dict)  # key -> message
+    queued: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
+    running: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
+
+
+def decide(tjs: list[Obj], sched: Scheduling, now: dt.datetime) -> Decision:
+    entries = [entry_of(tj) for tj in tjs]
+    out = Decision()
+    out.refuse = _refusals(entries, sched, now)
+    used: Counter[str] = Counter(e.pool for e in entries if e.holds_capacity and e.pool)
+    ns_used: Counter[str] = Counter(e.namespace for e in entries if e.holds_capacity)
+    waiting = [e for e in entries if e.waiting and e.key not in out.refuse]
+    waiting.sort(key=lambda e: (-effective_priority(e, sched, now), e.enqueued, e.namespace, e.name))
+    place: Counter[str] = Counter()
+    for e in waiting:
+        assert e.pool is not None
+        capacity = sched.pools[e.pool].capacity if e.pool in sched.pools else 0
+        limit = sched.quota(e.namespace).max_concurrent
+        if used[e.pool] < capacity and (limit is None or ns_used[e.namespace] < limit):
+            out.admit.append(e.key)
+            used[e.pool] += 1
+            ns_used[e.namespace] += 1
+            continue
+        place[e.pool] += 1
+        reason = REASON_POOL_CAPACITY if used[e.pool] >= capacity else REASON_NAMESPACE_CONCURRENCY
+        if (e.position, e.reason) != (place[e.pool], reason):
+            out.positions[e.key] = (place[e.pool], reason)
+    out.queued = place
+    out.running = used
+    return out
+
+
+def _refusals(entries: list[Entry], sched: Scheduling, now: dt.datetime) -> dict[Key, str]:
+    """Jobs a namespace quota refuses. Deterministic: the oldest jobs keep their places, so a job accepted
+    once is never refused later; only newer arrivals beyond the limit are."""
+    refuse: dict[Key, str] = {}
+    by_ns: defaultdict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        by_ns[e.namespace].append(e)
+    for ns, group in by_ns.items():
+        quota = sched.quota(ns)
+        if quota.max_per_day is not None:
+            today = sorted((e for e in group if now - e.created < DAY and not e.refused),
+                           key=lambda e: (e.created, e.name))
+            for e in today[quota.max_per_day:]:
+                if e.waiting:
+                    refuse[e.key] = (f"namespace {ns} allows {quota.max_per_day} TranscodeJobs per 24 hours "
+                                     f"(maxPerDay); {len(today)} were created")
+        if quota.max_queued is not None:
+            queued = sorted((e for e in group if e.waiting and e.key not in refuse),
+                            key=lambda e: (e.enqueued, e.name))
+            for e in queued[quota.max_queued:]:
+                refuse[e.key] = (f"namespace {ns} allows {quota.max_queued} queued TranscodeJobs (maxQueued); "
+                                 f"{len(queued)} are waiting")
+    return refuse

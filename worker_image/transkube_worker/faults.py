@@ -1,0 +1,144 @@
+"""TEST-ONLY fault injection: lets end-to-end tests make an attempt fail or stall on demand.
+
+Off unless the operator sets TRANSKUBE_FAULT_INJECTION=allowed on the worker (which it does only when the
+platform enables it in the chart); without that variable the worker never even reads the annotations. When
+allowed, the worker reads its own TranscodeJob once at start:
+
+- `transkube.dev/fault-injection`: `stall` | `exit-transient` | `exit-internal` (anything else: warning, ignored)
+- `transkube.dev/fault-injection-attempts`: optional N; the fault applies only while fewer than N earlier attempts
+  have finished (entries of status.attemptHistory with a finishTime), so a test can fail the first N attempts and
+  let the next one succeed. Absent: every attempt.
+
+The decision (`fault_for`) is pure; `lookup_fault` is the one API read; `Stall` is the stall's runtime part.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from transkube_api.constants import GROUP, PLURAL, PREFIX, VERSION
+
+from .errors import Internal, Transient, WorkerError
+from .status_writer import REQUEST_TIMEOUT, load_custom_objects_api
+
+log = logging.getLogger(__name__)
+
+FAULT_INJECTION_ENV = "TRANSKUBE_FAULT_INJECTION"
+FAULT_INJECTION_ALLOWED = "allowed"
+ANNOTATION_FAULT = f"{PREFIX}/fault-injection"
+ANNOTATION_FAULT_ATTEMPTS = f"{PREFIX}/fault-injection-attempts"
+
+
+class Fault(enum.StrEnum):
+    STALL = "stall"
+    EXIT_TRANSIENT = "exit-transient"
+    EXIT_INTERNAL = "exit-internal"
+
+    def error(self) -> WorkerError | None:
+        """The failure an exit-* fault raises right after the input download (None for stall)."""
+        if self is Fault.EXIT_TRANSIENT:
+            return Transient(f"fault injection: {self.value}")
+        if self is Fault.EXIT_INTERNAL:
+            return Internal(f"fault injection: {self.value}")
+        return None
+
+
+def allowed(env: Mapping[str, str]) -> bool:
+    return env.get(FAULT_INJECTION_ENV, "").strip() == FAULT_INJECTION_ALLOWED
+
+
+def finished_attempts(tj_obj: Mapping[str, Any]) -> int:
+    """Earlier attempts that have ended: status.attemptHistory entries carrying a finishTime (the running
+    attempt's own entry, if the operator already recorded it, has none yet)."""
+    status = tj_obj.get("status")
+    history = status.get("attemptHistory") if isinstance(status, Mapping) else None
+    if not isinstance(history, list):
+        return 0
+    return sum(1 for entry in history if isinstance(entry, Mapping) and entry.get("finishTime") is not None)
+
+
+def fault_for(tj_obj: Mapping[str, Any], env: Mapping[str, str]) -> Fault | None:
+    """The fault this attempt must inject, from the TranscodeJob object as the API returns it; None unless the
+    environment allows fault injection and the annotations ask for a fault that still applies."""
+    if not allowed(env):
+        return None
+    metadata = tj_obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    if not isinstance(annotations, Mapping):
+        return None
+    raw = annotations.get(ANNOTATION_FAULT)
+    if raw is None:
+        return None
+    try:
+        fault = Fault(str(raw).strip())
+    except ValueError:
+        log.warning("unknown fault injection ignored", extra={"fields": {"annotation": ANNOTATION_FAULT,
+                                                                         "value": raw}})
+        return None
+    raw_limit = annotations.get(ANNOTATION_FAULT_ATTEMPTS)
+    if raw_limit is None:
+        return fault
+    try:
+        limit = int(str(raw_limit).strip())
+    except ValueError:
+        # Ignoring the fault is the safe reading of a typo: the test sees no fault rather than endless failures.
+        log.warning("fault injection ignored: attempts is not an integer", extra={"fields": {
+            "annotation": ANNOTATION_FAULT_ATTEMPTS, "value": raw_limit}})
+        return None
+    return fault if finished_attempts(tj_obj) < limit else None
+
+
+def lookup_fault(env: Mapping[str, str], namespace: str, name: str, api: Any = None) -> Fault | None:
+    """Read the own TranscodeJob and decide. Never fails the attempt: a failed read means no fault (logged)."""
+    if not allowed(env):
+        return None  # the normal path: no API call at all
+    if not (namespace and name):
+        log.warning("fault injection allowed but the TranscodeJob is unknown (no namespace/name)")
+        return None
+    try:
+        if api is None:
+            api = load_custom_objects_api()
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                               _request_timeout=REQUEST_TIMEOUT)
+    except Exception as exc:
+        log.warning("fault injection: cannot read the TranscodeJob; no fault", extra={"fields": {
+            "error": f"{type(exc).__name__}: {str(exc)[:300]}"}})
+        return None
+    fault = fault_for(obj if isinstance(obj, Mapping) else {}, env)
+    if fault is not None:
+        log.warning("fault injection active", extra={"fields": {"fault": fault.value,
+                                                                "finishedAttempts": finished_attempts(obj)}})
+    return fault
+
+
+class Stall:
+    """The `stall` fault: once a Transcoding progress sample has been written to status, SIGSTOP the running
+    ffmpeg (so it really makes no progress) and block the worker's main thread until a signal arrives. SIGTERM
+    then raises Terminated out of `after_write`, and the usual unwinding stops ffmpeg (transcode.stop_process
+    sends SIGCONT first) and cleans up."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self._transcoding_writes = 0
+
+    def on_spawn(self, proc: subprocess.Popen[str]) -> None:
+        self._proc = proc
+
+    def after_write(self, stage: str, *, sleep: float = 60.0) -> None:
+        if stage != "Transcoding":
+            return
+        self._transcoding_writes += 1
+        # The first Transcoding write is the stage change itself (transcode_step, before any ffmpeg sample).
+        if self._transcoding_writes < 2 or self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGSTOP)
+        log.warning("fault injection: ffmpeg stopped; waiting for a signal", extra={"fields": {
+            "pid": self._proc.pid}})
+        while True:  # the signal handler raises Terminated out of the sleep
+            time.sleep(sleep)
