@@ -21,11 +21,13 @@ from .tools import REPO_DIR
 CHART = REPO_DIR / "charts" / "transkube"
 SCHEMA_PATH = CHART / "values.schema.json"
 # Objects whose keys are the user's (label selectors, annotations, resource lists, ...).
-OPEN_MAPS = {"nodeSelector", "annotations", "affinity", "podAnnotations", "resources.requests", "resources.limits"}
+OPEN_MAPS = {"nodeSelector", "annotations", "affinity", "podAnnotations", "resources.requests", "resources.limits",
+             # Maps keyed by the platform team's own names: pools, per-namespace quotas.
+             "scheduling.pools", "scheduling.quotas", "scheduling.defaultQuota"}
 # Lists of objects we don't constrain further (tolerations, NetworkPolicy peers).
 FREE_LISTS = {"tolerations", "from"}
 # Numbers whose integer default doesn't make them integers (fractional seconds; `--set-json key=0.5`).
-NUMBERS = {"worker.progressIntervalSeconds"}
+NUMBERS = {"webhooks.timeoutSeconds", "worker.progressIntervalSeconds"}
 
 
 def _descriptions(text: str) -> dict[str, str]:

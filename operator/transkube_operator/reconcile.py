@@ -378,6 +378,13 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         return _finish(tj, Plan(phase="Suspended", actions=actions, events=events), desired, "Suspended", None,
                        None, now_s)
     if not admitted:
+        enqueued = parse_time(queue.get("enqueuedTime"))
+        if effective == "nvidia" and spec.accelerator.fallback == "cpu" and enqueued and not kueue:
+            due = enqueued + dt.timedelta(seconds=spec.accelerator.fallback_after_seconds)
+            if now >= due:
+                why = (f"the GPU pool {pool} admitted no slot within {spec.accelerator.fallback_after_seconds}s "
+                       "(no GPU node took the job)")
+                return _fall_back_to_cpu(tj, owner, spec, cfg, desired, actions, events, name, round_, why, now_s)
         where = f"pool {pool}" + (f", position {queue['position']}" if queue.get("position") else "")
         why = {"PoolCapacity": "the pool is at capacity",
                "NamespaceConcurrency": "the namespace is at its maxConcurrent"}.get(queue.get("reason") or "",
@@ -428,23 +435,28 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         waited = (now - created).total_seconds() if created else 0.0
         if (effective == "nvidia" and spec.accelerator.fallback == "cpu"
                 and waited >= spec.accelerator.fallback_after_seconds):
-            cpu_pool = sched.default_pools.get("cpu", "cpu")
-            cpu_name = job_name(owner.name, "cpu", requested, round_)
             why = f"no GPU node took the job within {spec.accelerator.fallback_after_seconds}s: {message}"
-            # The CPU Job queues in the CPU pool: the GPU slot is released, a CPU slot must be granted.
-            desired["queue"] = {"pool": cpu_pool, "priority": spec.priority, "enqueuedTime": now_s}
-            actions += [DeleteJob(name), CreateJob(build_job(owner, spec, cfg, "cpu", pool=cpu_pool, round_=round_,
-                                                             suspend=True))]
-            desired["accelerator"] = {"requested": requested, "effective": "cpu", "reason": why}
-            desired["jobName"] = cpu_name
-            events.append(Event("Warning", "FallbackToCPU", why))
-            return _finish(tj, Plan(phase="Queued", actions=actions, events=events), desired, "Queued",
-                           "FallbackToCPU", why, now_s)
+            return _fall_back_to_cpu(tj, owner, spec, cfg, desired, actions, events, name, round_, why, now_s)
         if effective == "nvidia" and spec.accelerator.fallback == "cpu" and created:
             due = created + dt.timedelta(seconds=spec.accelerator.fallback_after_seconds)
             wake_at = due if wake_at is None or due < wake_at else wake_at
     return _finish(tj, Plan(phase="Pending", actions=actions, events=events, wake_at=wake_at), desired, "Pending",
                    reason, message, now_s, stalled=stalled_before)
+
+
+def _fall_back_to_cpu(tj: Obj, owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, desired: Obj,
+                      actions: list[Action], events: list[Event], gpu_job: str, round_: int, why: str,
+                      now_s: str) -> Plan:
+    """Replace the GPU Job by a CPU one, which queues in the CPU pool (the GPU slot is released)."""
+    cpu_pool = cfg.scheduling.default_pools.get("cpu", "cpu")
+    desired["queue"] = {"pool": cpu_pool, "priority": spec.priority, "enqueuedTime": now_s}
+    actions += [DeleteJob(gpu_job), CreateJob(build_job(owner, spec, cfg, "cpu", pool=cpu_pool, round_=round_,
+                                                        suspend=True))]
+    desired["accelerator"] = {"requested": spec.accelerator.type, "effective": "cpu", "reason": why}
+    desired["jobName"] = job_name(owner.name, "cpu", spec.accelerator.type, round_)
+    events.append(Event("Warning", "FallbackToCPU", why))
+    return _finish(tj, Plan(phase="Queued", actions=actions, events=events), desired, "Queued", "FallbackToCPU",
+                   why, now_s)
 
 
 def _stall_deadline(pod: Obj, progress: Obj, timeout: int) -> dt.datetime | None:

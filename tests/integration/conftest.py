@@ -7,6 +7,7 @@ cluster to reuse it (fast inner loop); otherwise a fresh one is started in a tem
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -129,6 +130,12 @@ def helm(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str
     return run
 
 
+TEST_POOLS = {"cpu": {"capacity": 16, "accelerator": "cpu"}, "gpu": {"capacity": 1, "accelerator": "nvidia"},
+              "serial": {"capacity": 1, "accelerator": "cpu"}}
+QUOTA_NAMESPACE = "tk-quota"
+TEST_QUOTAS = {QUOTA_NAMESPACE: {"maxConcurrent": 1, "maxQueued": 1, "maxPerDay": 3}}
+
+
 @dataclass(frozen=True)
 class InstalledOperator:
     namespace: str
@@ -170,6 +177,15 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
          "--set", f"operator.metricsPort={installed.metrics_port}",
          "--set", f"shim.port={installed.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",
          "--set-json", "worker.progressIntervalSeconds=0.5", "--set", "worker.terminationGracePeriodSeconds=10",
+         # Scheduling for tests: room for the suites' parallel jobs in cpu, a one-slot "serial" pool for
+         # ordering tests, a quota namespace, no aging (order must be exact), short retry and webhook delays.
+         "--set-json", f"scheduling.pools={json.dumps(TEST_POOLS)}",
+         "--set-json", f"scheduling.quotas={json.dumps(TEST_QUOTAS)}",
+         "--set", "scheduling.agingSeconds=0",
+         "--set-json", "retries.backoffSeconds=[2]",
+         "--set-json", "webhooks.retrySchedule=[0,1,2,3,600]",
+         "--set-json", 'webhooks.allowedCidrs=["127.0.0.0/8"]', "--set", "webhooks.allowHttp=true",
+         "--set", "faultInjection=true",
          "--wait", "--timeout", "120s")
     wait_for("operator pod running", lambda: any(
         p["status"].get("phase") == "Running" for p in kube.get(

@@ -166,7 +166,10 @@ def test_job_succeeds_with_progress_probe_facts_and_verified_output(
     assert status["attempts"] == 1 and status["completionTime"] and status["startTime"]
     # No handler results or kopf state in status; kopf keeps what it needs in our annotations.
     assert set(status) <= {"observedGeneration", "phase", "conditions", "progress", "input", "outputs", "attempts",
-                           "jobName", "accelerator", "startTime", "completionTime"}
+                           "jobName", "accelerator", "startTime", "completionTime", "queue", "attemptHistory"}
+    assert status["queue"]["pool"] == "cpu" and status["queue"]["admittedTime"]
+    (attempt,) = status["attemptHistory"]
+    assert attempt["exitCode"] == 0 and attempt["reason"] == "Succeeded" and attempt["node"]
     reasons = wait_for("events", lambda: (r := events_of(kube, ns, "web")) and "Succeeded" in r and r)
     assert {"JobCreated", "Started", "Succeeded"} <= set(reasons)
     table = kubectl("get", "tj", "-n", ns).stdout
