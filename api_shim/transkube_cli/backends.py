@@ -22,13 +22,14 @@ from transkube_api.constants import GROUP, PLURAL, VERSION
 
 from . import sse
 from .render import fold_event, shim_job_to_cr
-from .spec import SubmitRequest, split_s3_uri
+from .spec import SubmitRequest, retry_patch, retry_precondition, retry_refusal, split_s3_uri
 
 Obj = dict[str, Any]
 Progress = Callable[[int], None]  # bytes transferred since the last call
 
 PRESET_PLURAL = "transcodepresets"  # cluster-scoped, same group/version (see transkube_shim/presets.py)
 MIB = 1024 * 1024
+RETRY_PATCH_ATTEMPTS = 3
 
 
 class CliError(Exception):
@@ -50,6 +51,7 @@ class Backend(Protocol):
     def list_jobs(self) -> list[Obj]: ...
     def watch(self, name: str) -> Iterator[Obj | None]: ...
     def set_flag(self, name: str, verb: str) -> Obj: ...
+    def retry(self, name: str) -> Obj: ...
     def preset(self, name: str) -> Obj: ...
     def upload(self, path: Path, dest: str | None, part_size: int, progress: Progress) -> str: ...
     def download(self, job: Obj, output: Obj, target: Path, progress: Progress) -> list[Path]: ...
@@ -184,6 +186,36 @@ class KubeBackend:
                               self.namespace, PLURAL, name, patch)
         return obj
 
+    def _json_patch(self, name: str, ops: list[Obj]) -> Obj:
+        """An RFC 6902 patch: the generated patch method always sends a merge patch, so this goes through the
+        API client with the content type set. A failed `test` op raises ApiException 422."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}"
+        obj: Obj = self.api.api_client.call_api(
+            path, "PATCH", path_params={"namespace": self.namespace, "name": name},
+            header_params={"Accept": "application/json", "Content-Type": "application/json-patch+json"},
+            body=ops, response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True)
+        return obj
+
+    def retry(self, name: str) -> Obj:
+        """spec.manualRetry + 1 on the same job, guarded like the shim's POST /retry (spec.retry_patch)."""
+        from kubernetes.client.exceptions import ApiException
+
+        job = self.get(name)
+        for _ in range(RETRY_PATCH_ATTEMPTS):
+            if (why := retry_refusal(job)) is not None:
+                raise CliError(f"retry {name}: {why}")
+            try:
+                return self._json_patch(name, retry_patch(job))
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise NotFound(f"retry {name}: not found") from exc
+                fresh = self.get(name) if exc.status == 422 else None
+                # A failed test op and a CEL rejection are both 422: a fresh read tells a race from a rejection.
+                if fresh is None or retry_precondition(fresh) == retry_precondition(job):
+                    raise CliError(f"retry {name}: {exc.status} {_kube_message(exc)}") from exc
+                job = fresh
+        raise CliError(f"retry {name}: the job kept changing; try again")
+
     def preset(self, name: str) -> Obj:
         obj: Obj = self._call(f"transcodepreset {name}", self.api.get_cluster_custom_object, GROUP, VERSION,
                               PRESET_PLURAL, name)
@@ -311,6 +343,9 @@ class ShimBackend:
     def set_flag(self, name: str, verb: str) -> Obj:
         path = {"cancel": "cancel", "suspend": "pause", "resume": "resume"}[verb]
         return shim_job_to_cr(self._request("POST", f"/api/v1/jobs/{name}/{path}", f"{verb} {name}").json())
+
+    def retry(self, name: str) -> Obj:
+        return shim_job_to_cr(self._request("POST", f"/api/v1/jobs/{name}/retry", f"retry {name}").json())
 
     def preset(self, name: str) -> Obj:
         items = self._request("GET", "/api/v1/presets", "presets").json().get("items") or []

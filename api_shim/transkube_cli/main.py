@@ -114,7 +114,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     request = build_submit(manifest=manifest, input_uri=args.input, outputs=args.output or (), name=args.name,
                            namespace=args.namespace, accelerator=args.accelerator, fallback=args.fallback,
                            retry_limit=args.retry_limit, deadline_seconds=args.deadline, suspend=args.suspend,
-                           preset=preset)
+                           preset=preset, priority=args.priority, pool=args.pool)
     if args.dry_run:
         print(yaml.safe_dump(request.manifest(), sort_keys=False), end="")
         return Exit.OK
@@ -139,7 +139,7 @@ def watch(be: Backend, name: str, quiet: bool = False) -> int:
         last = obj
         status = obj.get("status") or {}
         line.show(render.progress_line(name, status))
-        code = render.exit_code(status.get("phase"))
+        code = render.job_exit_code(obj)
         if code is not None:
             line.done()
             print(render.final_message(name, status), file=sys.stdout if code == Exit.OK else sys.stderr)
@@ -184,7 +184,7 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     status = job.get("status") or {}
     rows = render.output_rows(status)
     if not rows:
-        print(f"transcodejob {args.name} has written no outputs yet (phase {status.get('phase') or 'Pending'})",
+        print(f"transcodejob {args.name} has written no outputs yet (phase {render.phase_of(status)})",
               file=sys.stderr)
         return Exit.FAILED if args.download else Exit.OK
     print(render.table(render.OUTPUT_HEADERS, rows))
@@ -210,6 +210,15 @@ def cmd_outputs(args: argparse.Namespace) -> int:
                 verdict = "  sha256 ok" if ok else "  (no checksum to verify)"
             print(f"{out['name']}: {path}{verdict}", file=sys.stderr)
     return code
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    be = backend(args)
+    obj = be.retry(args.name)
+    print(f"transcodejob {obj['metadata']['name']} retry requested (manualRetry {render.manual_retry(obj)})")
+    if args.watch:
+        return watch(be, args.name, quiet=args.quiet)
+    return Exit.OK
 
 
 def cmd_flag(args: argparse.Namespace) -> int:
@@ -270,6 +279,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--retry-limit", type=int)
     c.add_argument("--deadline", type=int, metavar="SECONDS", help="wall-clock limit of the whole job")
     c.add_argument("--suspend", action="store_true", help="create it suspended")
+    c.add_argument("--priority", type=int, metavar="N",
+                   help="admission order in its pool, -50..50 (higher first; default 0)")
+    c.add_argument("--pool", help="the capacity pool to queue in (default: the operator's pool for the accelerator)")
     c.add_argument("--dry-run", action="store_true", help="validate and print the manifest, create nothing")
     c.add_argument("--watch", "-w", action="store_true", help="then watch it (exit code as for watch)")
     c.set_defaults(func=cmd_submit)
@@ -291,6 +303,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("--download", metavar="DIR", help="download into DIR and verify each file's sha256")
     c.set_defaults(func=cmd_outputs)
+
+    c = command("retry", "Retry a Failed job in place (spec.manualRetry + 1): a fresh attempt under the same name, "
+                         "the attempt history kept.")
+    c.add_argument("name")
+    c.add_argument("--watch", "-w", action="store_true", help="then watch it (exit code as for watch)")
+    c.set_defaults(func=cmd_retry)
 
     for verb, text in (("cancel", "Stop a job for good (spec.cancel)."), ("suspend", "Pause a job (spec.suspend)."),
                        ("resume", "Resume a suspended job.")):

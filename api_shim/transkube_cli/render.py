@@ -6,6 +6,7 @@ only draw the bar, and these ~20 lines are easy to unit-test and add no dependen
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,49 @@ def exit_code(phase: str | None, deleted: bool = False) -> int | None:
     if deleted:
         return Exit.GONE
     return {"Succeeded": Exit.OK, "Failed": Exit.FAILED, "Cancelled": Exit.CANCELLED}.get(phase or "")
+
+
+def manual_retry(job: Obj) -> int:
+    return int((job.get("spec") or {}).get("manualRetry") or 0)
+
+
+def retry_pending(job: Obj) -> bool:
+    """A Failed job with spec.manualRetry raised (a retry requested) that the operator has not acted on yet; only
+    Failed jobs are retried, so nothing else is kept waiting for it."""
+    status = job.get("status") or {}
+    return status.get("phase") == "Failed" and manual_retry(job) > int(status.get("manualRetries") or 0)
+
+
+def job_exit_code(job: Obj) -> int | None:
+    """exit_code for a whole job: a Failed job with a retry pending is about to run again, not finished."""
+    if retry_pending(job):
+        return None
+    return exit_code((job.get("status") or {}).get("phase"))
+
+
+def phase_of(status: Obj | None) -> str:
+    """The phase; a job the operator has not seen yet waits to be admitted (Queued)."""
+    return str((status or {}).get("phase") or "Queued")
+
+
+def queue_text(status: Obj | None) -> str:
+    """Where a Queued job waits: `position 3 in cpu (PoolCapacity)`; '' when not queued or unknown."""
+    queue = (status or {}).get("queue") or {}
+    if phase_of(status) != "Queued" or not queue:
+        return ""
+    text = f"position {queue['position']}" if queue.get("position") is not None else "waiting"
+    if queue.get("pool"):
+        text += f" in {queue['pool']}"
+    return text + (f" ({queue['reason']})" if queue.get("reason") else "")
+
+
+def failure_text(status: Obj | None) -> str:
+    """`InputNotFound (BadInput)`: the reason and, for failed jobs, the failure category."""
+    status = status or {}
+    reason, category = status.get("reason"), status.get("failureCategory")
+    if reason and category:
+        return f"{reason} ({category})"
+    return str(reason or category or "")
 
 
 def bar(percent: float, width: int = 24) -> str:
@@ -67,7 +111,7 @@ def format_bytes(n: float | None) -> str:
 def progress_line(name: str, status: Obj | None, width: int = 24) -> str:
     """One line for a job: `clip  Running  Transcoding [#####-----]  41.6%  120 fps  2.10x  ETA 12s`."""
     status = status or {}
-    phase = status.get("phase") or "Pending"
+    phase = phase_of(status)
     progress = status.get("progress") or {}
     stage = progress.get("stage") or ("Done" if phase == "Succeeded" else "Pending")
     percent = float(progress.get("percent") or 0)
@@ -83,8 +127,10 @@ def progress_line(name: str, status: Obj | None, width: int = 24) -> str:
                                       if progress.get("etaSeconds") is not None else None)
         if eta:
             parts.append(f"ETA {eta}")
-    if phase in ("Failed", "Cancelled") and status.get("reason"):
-        parts.append(str(status["reason"]))
+    if phase == "Queued" and (where := queue_text(status)):
+        parts.append(where)
+    if phase in ("Failed", "Cancelled") and (why := failure_text(status)):
+        parts.append(why)
     return "  ".join(parts)
 
 
@@ -134,24 +180,68 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def phase_cell(job: Obj) -> str:
+    """The PHASE column, kubectl-style without spaces: `Queued:3` (queue position), `Failed:retrying` (a
+    retry requested, not started yet)."""
+    status = job.get("status") or {}
+    phase = phase_of(status)
+    position = (status.get("queue") or {}).get("position")
+    if phase == "Queued" and position is not None:
+        return f"Queued:{position}"
+    if phase == "Failed" and retry_pending(job):
+        return "Failed:retrying"
+    return phase
+
+
 def job_rows(jobs: Sequence[Obj], now: datetime | None = None) -> list[list[str]]:
     """Jobs as `list` shows them: NAME PHASE STAGE PROGRESS ETA REASON AGE (jobs in the CR's own shape:
-    {metadata, spec, status})."""
+    {metadata, spec, status}). REASON of a failed job is `category/reason`, e.g. `BadInput/InputNotFound`."""
     rows = []
     for job in jobs:
         meta, status = job.get("metadata") or {}, job.get("status") or {}
         progress = status.get("progress") or {}
         percent = 100.0 if status.get("phase") == "Succeeded" else progress.get("percent")
         eta = progress.get("eta") if status.get("phase") == "Running" else None
-        rows.append([str(meta.get("name", "")), str(status.get("phase") or "Pending"),
-                     str(progress.get("stage") or "-"),
+        reason = "/".join(str(v) for v in (status.get("failureCategory"), status.get("reason")) if v)
+        rows.append([str(meta.get("name", "")), phase_cell(job), str(progress.get("stage") or "-"),
                      f"{float(percent):.1f}" if percent is not None else "-", str(eta or "-"),
-                     str(status.get("reason") or "-"), age(meta.get("creationTimestamp"), now)])
+                     reason or "-", age(meta.get("creationTimestamp"), now)])
     return rows
 
 
 JOB_HEADERS = ("NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "REASON", "AGE")
 OUTPUT_HEADERS = ("NAME", "URI", "SIZE", "CHECKSUM")
+ATTEMPT_HEADERS = ("ATTEMPT", "ROUND", "POD", "EXIT", "CLASS", "REASON", "DURATION")
+
+
+def attempt_rows(status: Obj | None) -> list[list[str]]:
+    """status.attemptHistory: one row per attempt, across manual retries (ROUND 0 is the first run)."""
+    rows = []
+    for a in (status or {}).get("attemptHistory") or []:
+        start, finish = parse_time(a.get("startTime")), parse_time(a.get("finishTime"))
+        took = format_duration((finish - start).total_seconds()) if start and finish else "-"
+        exit_code = a.get("exitCode")
+        rows.append([str(a.get("attempt", "-")), str(a.get("round", 0)), str(a.get("pod") or "-"),
+                     str(exit_code) if exit_code is not None else "-", str(a.get("failureClass") or "-"),
+                     str(a.get("reason") or "-"), took])
+    return rows
+
+
+def webhook_lines(job: Obj) -> list[str]:
+    """`notify: 3 delivered, 1 pending` per subscription (from status.webhookDeliveries), `(disabled: ...)`."""
+    status = job.get("status") or {}
+    states = {w.get("name"): w for w in status.get("webhooks") or []}
+    lines = []
+    for hook in (job.get("spec") or {}).get("webhooks") or []:
+        name = hook.get("name")
+        counts = Counter(str(d.get("state", "")).lower() for d in status.get("webhookDeliveries") or []
+                         if d.get("webhook") == name)
+        text = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no deliveries"
+        state = states.get(name) or {}
+        if state.get("disabled"):
+            text += f" (disabled: {state.get('disabledReason') or 'receiver gone'})"
+        lines.append(f"{name}: {text}")
+    return lines
 
 
 def output_rows(status: Obj | None) -> list[list[str]]:
@@ -166,17 +256,35 @@ def output_rows(status: Obj | None) -> list[list[str]]:
 def describe(job: Obj) -> str:
     """`get NAME`: the facts a person wants first."""
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+    phase = phase_of(status)
+    pool = (status.get("queue") or {}).get("pool") or spec.get("pool")
     lines = [f"Name:       {meta.get('name', '')}", f"Namespace:  {meta.get('namespace', '-')}",
              f"Input:      {(spec.get('input') or {}).get('uri', '-')}",
-             f"Phase:      {status.get('phase') or 'Pending'}"]
+             f"Phase:      {phase}" + (f", {where}" if (where := queue_text(status)) else ""),
+             f"Priority:   {spec.get('priority', 0)}" + (f"  pool {pool}" if pool else "")]
+    if retry_pending(job):
+        lines.append(f"Retry:      requested (manualRetry {manual_retry(job)}), not started yet")
+    if status.get("failureCategory"):
+        lines.append(f"Category:   {status['failureCategory']}")
     if status.get("reason"):
         lines.append(f"Reason:     {status['reason']}")
     if status.get("message"):
         lines.append(f"Message:    {status['message']}")
     lines.append(f"Progress:   {progress_line(str(meta.get('name', '')), status).split('  ', 1)[1]}")
-    lines.append(f"Attempts:   {status.get('attempts', 0)}")
+    lines.append(f"Attempts:   {status.get('attempts', 0)}"
+                 + (f" ({status['manualRetries']} manual retries)" if status.get("manualRetries") else ""))
+    if status.get("nextAttemptTime"):
+        lines.append(f"Next try:   {status['nextAttemptTime']}")
     if status.get("jobName"):
         lines.append(f"Job:        {status['jobName']}")
+    history = attempt_rows(status)
+    if history:
+        lines.append("History:")
+        lines.extend("  " + line for line in table(ATTEMPT_HEADERS, history).splitlines())
+    hooks = webhook_lines(job)
+    if hooks:
+        lines.append("Webhooks:")
+        lines.extend("  " + line for line in hooks)
     outs = output_rows(status)
     if outs:
         lines.append("Outputs:")

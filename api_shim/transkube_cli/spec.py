@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from transkube_api.constants import API_VERSION, KIND
 from transkube_api.models import DEFAULT_CODECS, S3_URI_PATTERN, TranscodeJobSpec
 
+from .render import manual_retry, retry_pending
+
 Obj = dict[str, Any]
 
 
@@ -192,7 +194,8 @@ def load_manifest(doc: Any) -> tuple[Obj, str | None, str | None]:
 def build_submit(*, manifest: Any = None, input_uri: str | None = None, outputs: Sequence[str] = (),
                  name: str | None = None, namespace: str | None = None, accelerator: str | None = None,
                  fallback: str | None = None, retry_limit: int | None = None, deadline_seconds: int | None = None,
-                 suspend: bool = False, preset: Mapping[str, Any] | None = None) -> SubmitRequest:
+                 suspend: bool = False, preset: Mapping[str, Any] | None = None, priority: int | None = None,
+                 pool: str | None = None) -> SubmitRequest:
     """Flags (and an optional parsed manifest) -> a validated SubmitRequest. Flags win over the manifest:
     --input replaces its input, --output entries are added to its outputs, --name/--namespace replace its
     metadata. With `preset` (a TranscodePreset's settings), every --output is merged over it."""
@@ -224,8 +227,39 @@ def build_submit(*, manifest: Any = None, input_uri: str | None = None, outputs:
         spec["deadlineSeconds"] = deadline_seconds
     if suspend:
         spec["suspend"] = True
+    if priority is not None:
+        spec["priority"] = priority
+    if pool is not None:
+        spec["pool"] = pool
     validated = validate_spec(spec)
     final_name = name or m_name
     if final_name is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", final_name):
         raise SpecError("must be a DNS label: lower-case letters, digits and '-'", "metadata.name")
     return SubmitRequest(validated, final_name, namespace or m_namespace)
+
+
+# ---- manual retry (direct backend; the shim does the same for POST /jobs/{name}/retry) -------------------
+
+
+def retry_refusal(job: Mapping[str, Any]) -> str | None:
+    """Why `retry` cannot raise this job's spec.manualRetry now; None if it can."""
+    status = job.get("status") or {}
+    if status.get("phase") != "Failed":
+        return f"only failed jobs can be retried; this one is {status.get('phase') or 'Queued'}"
+    if retry_pending(job):
+        return "a retry was already requested and has not started yet"
+    return None
+
+
+def retry_patch(job: Mapping[str, Any]) -> list[Obj]:
+    """JSON patch raising spec.manualRetry by one, applied by the API server only if the job is still Failed and
+    manualRetry unchanged: of two concurrent retries exactly one counts."""
+    current = manual_retry(job)
+    return [{"op": "test", "path": "/status/phase", "value": "Failed"},
+            {"op": "test", "path": "/spec/manualRetry", "value": current},
+            {"op": "replace", "path": "/spec/manualRetry", "value": current + 1}]
+
+
+def retry_precondition(job: Mapping[str, Any]) -> tuple[Any, int]:
+    """What retry_patch tests: a 422 with this unchanged on a fresh read was a real rejection, not a race."""
+    return (job.get("status") or {}).get("phase"), manual_retry(job)

@@ -30,6 +30,21 @@ DEFAULT_TIERS: dict[str, Tier] = {
 }
 
 
+def pool_capacities(raw: str | None) -> dict[str, int]:
+    """TRANSKUBE_SCHEDULING ({"pools": {"cpu": {"capacity": 4, ...}, ...}, ...}) -> {"cpu": 4, ...}. Only pools it
+    names: without them the operator falls back to its built-in pools, which the shim does not guess. In kueue
+    mode Kueue's ClusterQueues hold the capacity, so there is none to report."""
+    if not raw:
+        return {}
+    try:
+        scheduling = json.loads(raw)
+        if scheduling.get("mode") == "kueue":
+            return {}
+        return {str(name): int(pool["capacity"]) for name, pool in (scheduling.get("pools") or {}).items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"TRANSKUBE_SCHEDULING is not valid scheduling JSON: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ShimConfig:
     host: str = "0.0.0.0"  # noqa: S104 (a server in a pod listens on all interfaces)
@@ -74,6 +89,9 @@ class ShimConfig:
     list_default_limit: int = 50
     list_max_limit: int = 500
     shutdown_timeout_seconds: float = 10.0
+    # The operator's pools (TRANSKUBE_SCHEDULING, the same JSON the operator reads): name -> capacity, for
+    # GET /stats. Empty: capacities are not reported.
+    pool_capacities: dict[str, int] = field(default_factory=dict)
 
     def tier(self, name: str | None) -> Tier:
         return self.tiers.get(name or self.default_tier) or self.tiers[self.default_tier]
@@ -129,4 +147,5 @@ class ShimConfig:
             max_body_bytes=int(get("MAX_BODY_BYTES", str(base.max_body_bytes))),
             cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS", "").split(",") if o.strip()),
             shutdown_timeout_seconds=float(get("SHUTDOWN_TIMEOUT_SECONDS", str(base.shutdown_timeout_seconds))),
+            pool_capacities=pool_capacities(e.get("TRANSKUBE_SCHEDULING")),
         )

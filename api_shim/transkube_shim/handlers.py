@@ -28,7 +28,7 @@ from .state import CACHE, CONFIG, KUBE, METRICS, SHUTTING_DOWN, STORAGE, identit
 from .storage import decode_upload_id, part_plan, tenant_prefix
 
 M = TypeVar("M", bound=BaseModel)
-MAX_RETRY_ATTEMPTS = 100
+RETRY_PATCH_ATTEMPTS = 3  # re-reads after a stale cached copy made the guarded patch's test fail
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -68,6 +68,9 @@ def job_path(name: str) -> str:
 
 async def create_job(request: web.Request) -> web.Response:
     spec = await read_model(request, TranscodeJobSpec)
+    if spec.manual_retry:  # a retry count only POST /retry may raise; the operator would read it as one pending
+        raise ApiError(422, "validation_error", "manualRetry must be 0 at creation; use POST /jobs/{name}/retry",
+                       "manualRetry")
     return await _create(request, identity(request), spec, via="spec")
 
 
@@ -87,16 +90,14 @@ def _replay(existing: Obj, spec: TranscodeJobSpec) -> web.Response:
                          headers={"Idempotent-Replayed": "true", "Location": job_path(name)})
 
 
-async def _create(request: web.Request, ident: Identity, spec: TranscodeJobSpec, via: str,
-                  name: str | None = None, retry_of: str | None = None) -> web.Response:
+async def _create(request: web.Request, ident: Identity, spec: TranscodeJobSpec, via: str) -> web.Response:
     kube, cache, config = request.app[KUBE], request.app[CACHE], request.app[CONFIG]
     key = request.headers.get("Idempotency-Key")
-    if name is None:
-        name = jobs.idempotent_name(ident.tenant, key) if key is not None else jobs.random_name()
+    name = jobs.idempotent_name(ident.tenant, key) if key is not None else jobs.random_name()
     if key is not None and (existing := cache.get(ident.namespace, name)) is not None:
         return _replay(existing, spec)  # a replay costs no quota
     await quotas.enforce(kube, ident.namespace, ident.tenant, config.tier(ident.tier), request.app[METRICS])
-    body = jobs.cr_body(name, ident.tenant, spec, idempotency_key=key, retry_of=retry_of)
+    body = jobs.cr_body(name, ident.tenant, spec, idempotency_key=key)
     try:
         obj = await kube.create_job(ident.namespace, body)
     except ApiError as exc:
@@ -118,11 +119,12 @@ async def get_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     ident, config, cache = identity(request), request.app[CONFIG], request.app[CACHE]
     phases = jobs.parse_status_filter(request.query.get("status"))
+    categories = jobs.parse_category_filter(request.query.get("failureCategory"))
     limit = jobs.parse_limit(request.query.get("limit"), config.list_default_limit, config.list_max_limit)
     token = request.query.get("continue")
     cursor = jobs.decode_cursor(token) if token else None
     await cache.wait_synced()
-    page, next_token = jobs.paginate(cache.in_namespace(ident.namespace), limit, cursor, phases)
+    page, next_token = jobs.paginate(cache.in_namespace(ident.namespace), limit, cursor, phases, categories)
     body: Obj = {"items": [jobs.job_view(o) for o in page]}
     if next_token:
         body["continue"] = next_token
@@ -143,7 +145,7 @@ async def _patch_spec(request: web.Request, patch: Obj, verb: str) -> web.Respon
     ident = identity(request)
     name = request.match_info["name"]
     obj = await visible_job(request, ident, name)
-    if jobs.is_terminal(obj):
+    if jobs.phase(obj) in jobs.TERMINAL_PHASES:  # also while a retry is pending: the operator has not restarted it
         raise ApiError(409, "job_finished", f"cannot {verb} a job that is {jobs.phase(obj)}")
     answer = await request.app[KUBE].patch_job(ident.namespace, name, {"spec": patch})
     request.app[CACHE].apply(answer)
@@ -163,28 +165,36 @@ async def resume_job(request: web.Request) -> web.Response:
 
 
 async def retry_job(request: web.Request) -> web.Response:
-    """The spec is immutable, so a retry is a new TranscodeJob with the same spec, named <first>-retry-<n> and
-    annotated with transkube.dev/retry-of=<first>."""
+    """Raises the same TranscodeJob's spec.manualRetry by one: the operator starts a fresh Job and keeps the
+    attempt history. The patch is conditional (jobs.retry_patch), so concurrent retries count once."""
     ident = identity(request)
-    obj = await visible_job(request, ident, request.match_info["name"])
-    if jobs.phase(obj) != "Failed":
-        raise ApiError(409, "not_failed", f"only failed jobs can be retried; this one is {jobs.phase(obj)}")
-    try:
-        spec = jobs.retry_spec(obj)
-    except ValidationError as exc:
-        raise ApiError(409, "not_retryable", "this job's spec is no longer valid") from exc
-    root = jobs.retry_root(obj)
-    cache = request.app[CACHE]
-    for attempt in range(1, MAX_RETRY_ATTEMPTS + 1):
-        name = jobs.retry_name(root, attempt)
-        if cache.get(ident.namespace, name) is not None:
-            continue
+    name = request.match_info["name"]
+    kube, cache, config = request.app[KUBE], request.app[CACHE], request.app[CONFIG]
+    obj = await visible_job(request, ident, name)
+    if (refusal := jobs.retry_refusal(obj)) is not None:
+        raise refusal
+    # The job becomes unfinished again: the concurrency quota applies (no new job, so not the daily one).
+    await quotas.enforce(kube, ident.namespace, ident.tenant, config.tier(ident.tier), request.app[METRICS],
+                         daily=False)
+    for _ in range(RETRY_PATCH_ATTEMPTS):
         try:
-            return await _create(request, ident, spec, via="retry", name=name, retry_of=root)
+            answer = await kube.json_patch_job(ident.namespace, name, jobs.retry_patch(obj))
         except ApiError as exc:
-            if exc.code != "already_exists":
+            if exc.status != 422:
                 raise
-    raise ApiError(409, "too_many_retries", f"{root} was retried {MAX_RETRY_ATTEMPTS} times already")
+            # A failed test op and a CEL rejection are both 422: a fresh read tells a race from a rejection.
+            fresh = await kube.get_job(ident.namespace, name)
+            cache.apply(fresh)
+            if jobs.retry_precondition(fresh) == jobs.retry_precondition(obj):
+                raise
+            obj = fresh
+            if (refusal := jobs.retry_refusal(obj)) is not None:
+                raise refusal from exc
+            continue
+        cache.apply(answer)
+        request.app[METRICS].job_retries.inc()
+        return json_response(jobs.job_view(answer), 202, headers={"Location": job_path(name)})
+    raise ApiError(409, "conflict", "the job kept changing while being retried; try again")
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -281,7 +291,8 @@ async def queue_stats(request: web.Request) -> web.Response:
     ident = identity(request)
     cache = request.app[CACHE]
     await cache.wait_synced()
-    return json_response(jobs.queue_stats(cache.in_namespace(ident.namespace)))
+    return json_response(jobs.queue_stats(cache.in_namespace(ident.namespace),
+                                          request.app[CONFIG].pool_capacities))
 
 
 # ---- operations -------------------------------------------------------------------------------------------

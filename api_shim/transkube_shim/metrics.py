@@ -35,6 +35,8 @@ class Metrics:
         self.quota_rejections = Counter("transkube_shim_quota_rejections", "Job creations refused by a quota.",
                                         ["quota"], registry=r)
         self.jobs_created = Counter("transkube_shim_jobs_created", "TranscodeJobs created.", ["via"], registry=r)
+        self.job_retries = Counter("transkube_shim_job_retries", "Manual retries requested (spec.manualRetry raised).",
+                                   registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

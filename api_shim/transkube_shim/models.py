@@ -12,28 +12,52 @@ from transkube_api.models import (
     S3_URI_PATTERN,
     AcceleratorSpec,
     ApiModel,
+    FailureCategory,
     InputSpec,
     OutputSettings,
     ResourcesSpec,
     TranscodeJobSpec,
     TranscodeJobStatus,
     TranscodePresetSpec,
+    WebhookSpec,
 )
 
 StatusFilter = Literal["queued", "pending", "running", "suspended", "succeeded", "failed", "cancelled"]
 
 
+class WebhookSummary(ApiModel):
+    """One webhook subscription at a glance, from status.webhooks and status.webhookDeliveries."""
+
+    name: str = Field(description="spec.webhooks[].name.")
+    disabled: bool = Field(default=False, description="True once deliveries stopped (the receiver answered 410).")
+    disabled_reason: str | None = Field(default=None, description="Why deliveries stopped.")
+    pending: int = Field(default=0, description="Deliveries still to send or to retry.")
+    delivered: int = Field(default=0, description="Deliveries the receiver acknowledged (2xx).")
+    failed: int = Field(default=0, description="Deliveries whose retry schedule ran out.")
+    abandoned: int = Field(default=0, description="Deliveries dropped because the subscription was disabled.")
+
+
 class Job(ApiModel):
-    """A TranscodeJob as the shim shows it: its name, spec and status (exactly the CR's)."""
+    """A TranscodeJob as the shim shows it: its name, spec and status (exactly the CR's), and a few facts
+    derived from them."""
 
     name: str = Field(description="The TranscodeJob's name, unique within your tenant.")
     uid: str = Field(description="Kubernetes UID of the TranscodeJob.")
     created_at: str = Field(description="When it was created (RFC 3339).")
     resource_version: str = Field(description="Changes on every update; SSE event ids use it.")
     deleting: bool = Field(default=False, description="True once a delete was requested.")
-    retry_of: str | None = Field(default=None, description="The job this one retries, for jobs made by retry.")
-    spec: TranscodeJobSpec = Field(description="What to transcode (immutable except suspend/cancel).")
-    status: TranscodeJobStatus = Field(description="Where the job stands; empty until the operator sees it.")
+    retry_pending: bool = Field(
+        default=False, description="True from POST /jobs/{name}/retry until the operator starts the new attempt "
+                                   "(spec.manualRetry ahead of status.manualRetries); the phase is still Failed.")
+    webhooks: list[WebhookSummary] | None = Field(
+        default=None, description="Per webhook subscription: disabled or not, and its deliveries by state (of "
+                                  "the latest 100 the operator keeps). Absent without spec.webhooks.")
+    spec: TranscodeJobSpec = Field(
+        description="What to transcode (immutable except suspend, cancel, priority, manualRetry and "
+                    "ttlSecondsAfterFinished).")
+    status: TranscodeJobStatus = Field(
+        description="Where the job stands (phase, queue position, failureCategory, attemptHistory, ...); empty "
+                    "until the operator sees it.")
 
 
 class JobList(ApiModel):
@@ -71,6 +95,23 @@ class PresetJobRequest(ApiModel):
                                                                    description="As in a TranscodeJob spec.")
     deadline_seconds: Annotated[int, Field(ge=30, le=604800)] | None = Field(
         default=None, description="As in a TranscodeJob spec.")
+    priority: Annotated[int, Field(ge=-50, le=50)] | None = Field(default=None,
+                                                                  description="As in a TranscodeJob spec.")
+    pool: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] | None = Field(
+        default=None, description="As in a TranscodeJob spec.")
+    retry_backoff_seconds: Annotated[list[Annotated[int, Field(ge=0, le=86400)]], Field(
+        min_length=1, max_length=10)] | None = Field(default=None, description="As in a TranscodeJob spec.")
+    stall_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] | None = Field(
+        default=None, description="As in a TranscodeJob spec.")
+    webhooks: Annotated[list[WebhookSpec], Field(max_length=5)] | None = Field(
+        default=None, description="As in a TranscodeJob spec.")
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=31536000)] | None = Field(
+        default=None, description="As in a TranscodeJob spec.")
+
+
+# PresetJobRequest fields copied into the job's spec as they are (the rest build its input and output).
+PRESET_JOB_SPEC_FIELDS = ("accelerator", "resources", "retry_limit", "deadline_seconds", "priority", "pool",
+                          "retry_backoff_seconds", "stall_timeout_seconds", "webhooks", "ttl_seconds_after_finished")
 
 
 class Preset(ApiModel):
@@ -82,13 +123,29 @@ class PresetList(ApiModel):
     items: list[Preset] = Field(description="Presets installed in the cluster, by name.")
 
 
+class PoolStats(ApiModel):
+    queued: int = Field(description="Your jobs waiting for this pool's capacity (phase Queued).")
+    starting: int = Field(description="Your jobs admitted to it whose pod is starting (phase Pending).")
+    running: int = Field(description="Your jobs running in it.")
+    capacity: int | None = Field(
+        default=None, description="How many jobs the pool runs at once, across all tenants (the operator's "
+                                  "pool config; absent when the shim is not given it).")
+
+
 class QueueStats(ApiModel):
-    queued: int = Field(description="Jobs waiting to start (phase Pending, or not yet seen by the operator).")
+    queued: int = Field(description="Jobs waiting for pool capacity (phase Queued, or not yet seen by the "
+                                    "operator).")
+    starting: int = Field(description="Jobs admitted whose pod is starting (phase Pending).")
     running: int = Field(description="Jobs running.")
     suspended: int = Field(description="Jobs paused.")
     succeeded: int = Field(description="Jobs that succeeded.")
     failed: int = Field(description="Jobs that failed.")
     cancelled: int = Field(description="Jobs cancelled.")
+    failed_by_category: dict[FailureCategory, int] = Field(
+        description="Failed jobs by status.failureCategory (every category, 0 included); failed jobs without "
+                    "one are only in failed.")
+    pools: dict[str, PoolStats] = Field(
+        description="Unfinished jobs by pool (status.queue.pool, else spec.pool), and every configured pool.")
     average_wait_seconds: float | None = Field(
         default=None, description="Mean time from creation to start, over jobs that started.")
     average_processing_seconds: float | None = Field(

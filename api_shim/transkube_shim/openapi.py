@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 from transkube_api.models import NAME_PATTERN
 
 from . import __version__
-from .jobs import FILTER_PHASES
+from .jobs import FAILURE_CATEGORIES, FILTER_PHASES
 from .models import COMPONENT_MODELS
 
 Obj = dict[str, Any]
@@ -60,6 +60,7 @@ IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                               "instead of creating another: the key determines the TranscodeJob's name.",
                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
 _STATUS_WORD = "(" + "|".join(FILTER_PHASES) + ")"
+_CATEGORY_WORD = "(" + "|".join(FAILURE_CATEGORIES) + ")"
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", f"{API}/jobs", "listJobs", "List jobs, newest first", "jobs",
               {"200": _json(ref("JobList"), "One page.")},
               ({"name": "status", "in": "query", "required": False,
-                "description": "Comma-separated phases: queued (= pending), running, suspended, succeeded, failed, "
-                               "cancelled.",
+                "description": "Comma-separated phases: queued (waiting for pool capacity), pending (admitted, "
+                               "starting), running, suspended, succeeded, failed, cancelled.",
                 "schema": {"type": "string", "pattern": f"^{_STATUS_WORD}(,{_STATUS_WORD})*$"}},
+               {"name": "failureCategory", "in": "query", "required": False,
+                "description": "Comma-separated status.failureCategory values (failed jobs only): the dead-letter "
+                               "view, e.g. status=failed&failureCategory=Transient. Case-insensitive.",
+                "schema": {"type": "string", "pattern": f"^{_CATEGORY_WORD}(,{_CATEGORY_WORD})*$"}},
                {"name": "limit", "in": "query", "required": False, "description": "Page size (default 50).",
                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                {"name": "continue", "in": "query", "required": False,
@@ -105,10 +110,15 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", f"{API}/jobs/{{name}}/resume", "resumeJob", "Resume a paused job", "jobs",
               {**JOB_200, "409": _json(ERROR, "The job already finished.")}, (NAME,)),
     Operation("post", f"{API}/jobs/{{name}}/retry", "retryJob", "Retry a failed job", "jobs",
-              {"201": _json(ref("Job"), "The new job: same spec, named <first>-retry-<n>."),
-               "409": _json(ERROR, "The job has not failed.")}, (NAME,),
-              description="Specs are immutable, so a retry creates a new job with the same spec, annotated "
-                          "transkube.dev/retry-of with the first job's name."),
+              {"202": _json(ref("Job"), "Retry requested: the same job, spec.manualRetry raised by one and "
+                                        "retryPending true; the operator moves it back to Queued."),
+               "409": _json(ERROR, "not_failed (the job is not Failed), retry_pending (a retry was already "
+                                   "requested), too_many_retries, or conflict.")}, (NAME,),
+              description="Raises spec.manualRetry of the same TranscodeJob by one, guarded by a JSON patch test "
+                          "(phase still Failed, manualRetry unchanged), so concurrent retries count once. The "
+                          "operator runs a fresh Job under the same name; status.attemptHistory keeps the earlier "
+                          "attempts and status.manualRetries counts the retries acted on. The concurrency quota "
+                          "applies."),
     Operation("get", f"{API}/jobs/{{name}}/events", "jobEvents", "Follow a job (Server-Sent Events)", "jobs",
               {"200": {"description": "An event stream: state (the job, at once), then phase, stage, progress, "
                                       "heartbeat, and finally completed, failed, cancelled or deleted.",
@@ -143,7 +153,8 @@ OPERATIONS: tuple[Operation, ...] = (
                           "that cannot work is a 422 naming the field; a missing preset (or kind) is a 422 "
                           "preset_not_found."),
     Operation("get", f"{API}/stats", "queueStats", "Queue statistics of your tenant", "stats",
-              {"200": _json(ref("QueueStats"), "Counts by phase, mean wait and processing time.")}),
+              {"200": _json(ref("QueueStats"), "Counts by phase, by pool and of failed jobs by category; "
+                                               "mean wait and processing time.")}),
     Operation("get", "/healthz", "healthz", "Liveness", "operations",
               {"200": _json(ref("Health"), "The process serves requests.")}, secured=False),
     Operation("get", "/readyz", "readyz", "Readiness", "operations",

@@ -19,7 +19,7 @@ from transkube_api.presets import PresetError, resolve_output
 
 from .errors import ApiError, field_path, from_validation_error
 from .kube import Kube
-from .models import PresetJobRequest
+from .models import PRESET_JOB_SPEC_FIELDS, PresetJobRequest
 
 PRESET_VERSION = "v1alpha1"
 PRESET_PLURAL = "transcodepresets"
@@ -97,7 +97,7 @@ def build_spec(preset_name: str, preset_spec: Obj, request: PresetJobRequest) ->
             raise ApiError(422, "validation_error", str(exc), _output_error(cause).field) from exc
         raise ApiError(422, "validation_error", str(exc), "overrides.type") from exc
     spec: Obj = {"input": request.input.wire(), "outputs": [output]}
-    for field in ("accelerator", "resources", "retry_limit", "deadline_seconds"):
+    for field in PRESET_JOB_SPEC_FIELDS:
         value = getattr(request, field)
         if value is not None:
             spec[field] = value

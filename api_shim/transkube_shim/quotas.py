@@ -31,9 +31,10 @@ def quota_usage(objs: Iterable[Obj], now: datetime) -> tuple[int, int, float | N
     return active, len(today), frees_in
 
 
-def check_quota(objs: Iterable[Obj], tier: Tier, now: datetime) -> ApiError | None:
+def check_quota(objs: Iterable[Obj], tier: Tier, now: datetime, daily: bool = True) -> ApiError | None:
+    """daily=False for a retry: it makes a finished job active again but creates no job."""
     active, today, frees_in = quota_usage(objs, now)
-    if today >= tier.max_jobs_per_day:
+    if daily and today >= tier.max_jobs_per_day:
         retry = str(max(1, int(frees_in or DAY_SECONDS)))
         return ApiError(429, "quota_exceeded", f"daily job quota reached ({tier.max_jobs_per_day} per 24 h)",
                         headers={"Retry-After": retry})
@@ -44,9 +45,9 @@ def check_quota(objs: Iterable[Obj], tier: Tier, now: datetime) -> ApiError | No
     return None
 
 
-async def enforce(kube: Kube, namespace: str, tenant: str, tier: Tier, metrics: Metrics) -> None:
+async def enforce(kube: Kube, namespace: str, tenant: str, tier: Tier, metrics: Metrics, daily: bool = True) -> None:
     objs = await kube.list_jobs(namespace, f"{LABEL_TENANT}={tenant}")
-    error = check_quota(objs, tier, datetime.now(UTC))
+    error = check_quota(objs, tier, datetime.now(UTC), daily)
     if error is not None:
         metrics.quota_rejections.labels("daily" if "daily" in error.message else "concurrent").inc()
         raise error

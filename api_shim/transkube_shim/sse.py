@@ -17,7 +17,7 @@ from aiohttp import web
 from .cache import JobCache
 from .config import ShimConfig
 from .errors import ApiError
-from .jobs import job_view, phase
+from .jobs import is_terminal, job_view, phase
 from .metrics import Metrics
 
 Obj = dict[str, Any]
@@ -76,7 +76,7 @@ class Tracker:
 
     def _terminal(self, obj: Obj) -> list[Event]:
         name = TERMINAL_EVENTS.get(phase(obj))
-        if name is None:
+        if name is None or not is_terminal(obj):  # a Failed job with a retry pending goes on: keep streaming
             return []
         self.done = True
         return [(name, job_view(obj))]

@@ -31,7 +31,16 @@ from . import delivery, metrics, queue, webhooks
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
-from .reconcile import TERMINAL, CreateJob, DeletePod, DeleteTranscodeJob, parse_time, plan, presets_needed, rfc3339
+from .reconcile import (
+    TERMINAL,
+    CreateJob,
+    DeletePod,
+    DeleteTranscodeJob,
+    parse_time,
+    plan,
+    presets_needed,
+    rfc3339_precise,
+)
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 CFG = OperatorConfig.from_env()
@@ -232,7 +241,8 @@ def admission_pass(log: logging.Logger) -> None:
     for namespace, name in decision.admit:
         with _locks[(namespace, name)]:
             log.info("admitting %s/%s", namespace, name)
-            _patch_queue(k, namespace, name, {"admittedTime": rfc3339(now), "position": None, "reason": None})
+            _patch_queue(k, namespace, name, {"admittedTime": rfc3339_precise(now), "position": None,
+                                               "reason": None})
     for (namespace, name), (position, reason) in decision.positions.items():
         with _locks[(namespace, name)]:
             _patch_queue(k, namespace, name, {"position": position, "reason": reason})

@@ -94,6 +94,11 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_precise(t: dt.datetime) -> str:
+    """Microseconds: FIFO order in the queue must hold between jobs created within one second."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
@@ -291,7 +296,7 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
                        f"pool {pool!r} runs {sched.pools[pool].accelerator} jobs; this job needs {effective}",
                        now_s, events_if_new=True)
     queue.update(pool=pool, priority=spec.priority)
-    queue.setdefault("enqueuedTime", now_s)
+    queue.setdefault("enqueuedTime", rfc3339_precise(now))
     kueue = sched.mode == "kueue"
     if spec.suspend and not kueue:
         # A suspended job frees its slot; on resume it queues again (keeping its place by enqueue time).
@@ -479,9 +484,9 @@ def _stalled(pod: Obj, progress: Obj, timeout: int, now: dt.datetime) -> bool:
 def _retention(p: Plan, spec: TranscodeJobSpec, status: Obj, cfg: OperatorConfig, now: dt.datetime) -> None:
     """Delete a finished TranscodeJob after its TTL, once no webhook delivery is pending."""
     ttl = spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None \
-        else cfg.finished_retention_seconds
+        else (cfg.finished_retention_seconds or None)  # the operator's 0 means keep; the spec's 0 means now
     finished = parse_time(status.get("completionTime"))
-    if not ttl or finished is None:
+    if ttl is None or finished is None:
         return
     due = finished + dt.timedelta(seconds=ttl)
     pending = any(d.get("state") == "Pending" for d in status.get("webhookDeliveries") or [])

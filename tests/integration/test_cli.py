@@ -102,10 +102,12 @@ def test_direct_upload_submit_watch_download_and_kubectl_plugin(
     parts = -(-clip.stat().st_size // (5 * MIB))
     assert parts >= 3 and head["ETag"].strip('"').endswith(f"-{parts}"), head["ETag"]  # multipart, 5 MiB parts
 
-    name = ok(cli(env, "submit", *ns, "--input", dest, "--output", output_flag(), "--name", "cli-direct")).strip()
+    name = ok(cli(env, "submit", *ns, "--input", dest, "--output", output_flag(), "--name", "cli-direct",
+                  "--priority", "5")).strip()
     assert name == "cli-direct"
     cr = kube.get(tj_path(tj_namespace, name))
     assert cr["spec"]["outputs"][0]["video"] == {"codec": "h264", "height": 240, "crf": 30, "preset": "ultrafast"}
+    assert cr["spec"]["priority"] == 5
 
     watched = cli(env, "watch", name, *ns, timeout=300)
     assert watched.returncode == 0, watched.stderr
@@ -156,15 +158,36 @@ def test_direct_suspend_resume_cancel_and_a_rejected_spec(
     assert missing.returncode == 4 and "not found" in missing.stderr
 
 
-def test_watch_exits_non_zero_with_the_reason_when_the_input_is_missing(
-        cluster: ClusterState, tj_namespace: str) -> None:
+def test_watch_exits_non_zero_with_the_reason_when_the_input_is_missing_then_retry_succeeds(
+        cluster: ClusterState, tj_namespace: str, kube: Kube, s3: Any, clip: Path) -> None:
     env, ns = direct_env(cluster), ["-n", tj_namespace]
-    name = ok(cli(env, "submit", *ns, "--input", f"s3://{BUCKET}/cli/{uuid.uuid4().hex}/missing.mp4",
-                  "--output", output_flag())).strip()
+    key = f"cli/{uuid.uuid4().hex}/missing.mp4"
+    name = ok(cli(env, "submit", *ns, "--input", f"s3://{BUCKET}/{key}", "--output", output_flag(),
+                  "--retry-limit", "0")).strip()
     watched = cli(env, "watch", name, *ns, timeout=300)
     assert watched.returncode == 1, (watched.stdout, watched.stderr)
     assert "InputNotFound" in watched.stderr
     assert f"transcodejob {name} Failed: InputNotFound" in watched.stderr
+    category = kube.get(tj_path(tj_namespace, name))["status"]["failureCategory"]
+    listed = ok(cli(env, "list", *ns))
+    assert any(line.split()[:2] == [name, "Failed"] and f"{category}/InputNotFound" in line
+               for line in listed.splitlines()), listed
+
+    # The input shows up; `retry` runs the same job again (spec.manualRetry + 1) and --watch follows it to the end.
+    s3.upload_file(str(clip), BUCKET, key)
+    retried = cli(env, "retry", name, *ns, "--watch", timeout=300)
+    assert retried.returncode == 0, (retried.stdout, retried.stderr)
+    assert f"transcodejob {name} retry requested (manualRetry 1)" in retried.stdout
+    assert f"transcodejob {name} Succeeded" in retried.stdout
+    cr = kube.get(tj_path(tj_namespace, name))
+    assert cr["spec"]["manualRetry"] == 1 and cr["status"]["manualRetries"] == 1
+    described = ok(cli(env, "get", name, *ns))
+    assert "Phase:      Succeeded" in described and "(1 manual retries)" in described
+    history = described.splitlines()[described.splitlines().index("History:") + 1:]
+    assert history[0].split()[:2] == ["ATTEMPT", "ROUND"]
+    assert any(row.split()[1] == "0" and "InputNotFound" in row for row in history[1:]), described
+    again = cli(env, "retry", name, *ns)
+    assert again.returncode == 5 and "only failed jobs can be retried" in again.stderr
 
 
 def test_through_the_shim_upload_submit_watch_download(
@@ -198,9 +221,22 @@ def test_through_the_shim_upload_submit_watch_download(
     assert cancelled.returncode == 3 and "Cancelled" in cancelled.stderr
 
 
-def test_watch_through_the_shim_reports_input_not_found(tenant: Callable[..., Tenant]) -> None:
-    env = shim_env(tenant())
+def test_watch_through_the_shim_reports_input_not_found_and_retry_waits_for_the_new_attempt(
+        tenant: Callable[..., Tenant], kube: Kube) -> None:
+    t = tenant()
+    env = shim_env(t)
     name = ok(cli(env, "submit", "--input", f"s3://{BUCKET}/cli/{uuid.uuid4().hex}.mp4",
-                  "--output", output_flag())).strip()
+                  "--output", output_flag(), "--retry-limit", "0")).strip()
     watched = cli(env, "watch", name, timeout=300)
     assert watched.returncode == 1 and "InputNotFound" in watched.stderr, (watched.stdout, watched.stderr)
+    # Retried with the input still missing: it fails again, and the watch ends at the NEW failure, not at the
+    # Failed phase the job still has while the retry is pending.
+    retried = cli(env, "retry", name, "--watch", timeout=300)
+    assert retried.returncode == 1 and "InputNotFound" in retried.stderr, (retried.stdout, retried.stderr)
+    status = kube.get(tj_path(t.namespace, name))["status"]
+    assert status["phase"] == "Failed" and status["manualRetries"] == 1
+    assert {a.get("round", 0) for a in status["attemptHistory"]} >= {0, 1}, status["attemptHistory"]
+    pending = cli(env, "retry", name)  # the second retry counts too; a third at once would be refused
+    assert pending.returncode == 0 and "(manualRetry 2)" in pending.stdout
+    refused = cli(env, "retry", name)
+    assert refused.returncode == 5 and ("retry_pending" in refused.stderr or "not_failed" in refused.stderr)

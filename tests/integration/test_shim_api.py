@@ -3,6 +3,7 @@ quotas, rate-limit headers, idempotency and the error shape."""
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from transkube_dev.kube import Kube
 from transkube_shim.config import ShimConfig
+from transkube_shim.jobs import FAILURE_CATEGORIES
 
 from .conftest import tj_path, wait_for
 from .shim_fixtures import *  # noqa: F403 (fixtures)
@@ -190,6 +192,7 @@ def test_list_is_newest_first_with_cursor_pagination_and_status_filter(tenant: C
     assert seen == list(reversed(names))
     wait_for("all suspended", lambda: len(t.get("/api/v1/jobs", params={"status": "suspended"}).json()["items"]) == 5)
     assert t.get("/api/v1/jobs", params={"status": "running,succeeded"}).json()["items"] == []
+    assert t.get("/api/v1/jobs", params={"status": "queued,pending"}).json()["items"] == []
     assert_error(t.get("/api/v1/jobs", params={"status": "sleeping"}), 400, "invalid_parameter", "status")
     assert_error(t.get("/api/v1/jobs", params={"limit": 0}), 400, "invalid_parameter", "limit")
     assert_error(t.get("/api/v1/jobs", params={"continue": "!!"}), 400, "invalid_continue", "continue")
@@ -272,22 +275,43 @@ def test_jwt_bearer_tokens_hs256_and_rs256(
                               timeout=10), 401, "unauthenticated")
 
 
-def test_retry_of_a_failed_job_is_a_new_job(tenant: Callable[..., Tenant], kube: Kube) -> None:
-    t = tenant()
-    name = t.post("/api/v1/jobs", json=spec(suspend=False, retryLimit=0)).json()["name"]  # input does not exist
-    wait_for("Failed", lambda: t.get(f"/api/v1/jobs/{name}").json()["status"].get("phase") == "Failed", timeout=120)
-    retried = t.post(f"/api/v1/jobs/{name}/retry")
-    assert retried.status_code == 201, retried.text
-    job = retried.json()
-    assert job["name"] == f"{name}-retry-1" and job["retryOf"] == name
-    assert job["spec"]["input"] == t.get(f"/api/v1/jobs/{name}").json()["spec"]["input"]
+def test_new_spec_fields_stats_and_retry_refusals(
+        tenant: Callable[..., Tenant], kube: Kube, shim_config: ShimConfig,
+        start_shim: Callable[..., ShimServer]) -> None:
+    """priority/pool/webhooks go through as spec fields; manualRetry is POST /retry's alone; a job that has not
+    failed cannot be retried; GET /stats has per-pool counts with the configured capacities, and every failure
+    category. (The retry of a failed job, end to end: test_shim_jobs.py.)"""
+    server = start_shim(shim_config, pool_capacities={"cpu": 3, "gpu": 1})
+    wait_for("shim ready", lambda: requests.get(server.url + "/readyz", timeout=10).status_code == 200)
+    t = tenant(fresh=True, url=server.url)
+    stats = t.get("/api/v1/stats").json()
+    assert stats["pools"] == {"cpu": {"queued": 0, "starting": 0, "running": 0, "capacity": 3},
+                              "gpu": {"queued": 0, "starting": 0, "running": 0, "capacity": 1}}
+    assert stats["failedByCategory"] == dict.fromkeys(FAILURE_CATEGORIES, 0) and stats["starting"] == 0
+
+    hook = {"name": "notify", "url": "https://hooks.example.com/transkube", "events": ["succeeded", "failed"],
+            "secretRef": {"name": "hook-secret"}}
+    signing = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    kube.create(f"/api/v1/namespaces/{t.namespace}/secrets", {  # so the job is valid as it stands (suspended)
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook-secret"},
+        "stringData": {"secret": signing}})
+    created = t.post("/api/v1/jobs", json=spec(priority=7, pool="cpu", webhooks=[hook], ttlSecondsAfterFinished=600))
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert (job["spec"]["priority"], job["spec"]["pool"], job["spec"]["manualRetry"]) == (7, "cpu", 0)
+    assert job["retryPending"] is False and "retryOf" not in job
+    assert job["webhooks"] == [{"name": "notify", "disabled": False, "pending": 0, "delivered": 0, "failed": 0,
+                                "abandoned": 0}]
     cr = kube.get(tj_path(t.namespace, job["name"]))
-    assert cr["metadata"]["annotations"]["transkube.dev/retry-of"] == name
-    assert cr["metadata"]["labels"]["transkube.dev/retry-of"] == name
-    wait_for("retry Failed", lambda: t.get(f"/api/v1/jobs/{job['name']}").json()["status"].get("phase") == "Failed",
-             timeout=120)
-    again = t.post(f"/api/v1/jobs/{job['name']}/retry").json()  # a retry of the retry counts from the first
-    assert again["name"] == f"{name}-retry-2" and again["retryOf"] == name
+    assert cr["spec"]["priority"] == 7 and cr["spec"]["webhooks"][0]["secretRef"] == {"name": "hook-secret",
+                                                                                       "key": "secret"}
+    assert_error(t.post("/api/v1/jobs", json=spec(manualRetry=1)), 422, "validation_error", "manualRetry")
+    assert_error(t.post("/api/v1/jobs", json=spec(priority=51)), 422, "validation_error", "priority")
+    assert_error(t.post(f"/api/v1/jobs/{job['name']}/retry"), 409, "not_failed")
+    assert kube.get(tj_path(t.namespace, job["name"]))["spec"]["manualRetry"] == 0
+    assert_error(t.get("/api/v1/jobs", params={"status": "failed", "failureCategory": "Flaky"}), 400,
+                 "invalid_parameter", "failureCategory")
+    assert t.get("/api/v1/jobs", params={"status": "failed", "failureCategory": "transient"}).json()["items"] == []
 
 
 def test_presets_without_the_kind_or_with_an_unknown_name(tenant: Callable[..., Tenant]) -> None:

@@ -1,5 +1,6 @@
 """The REST shim with real transcodes: Server-Sent Events from queued to succeeded, presigned download of the
-output, and a presigned multipart upload whose object a job then transcodes."""
+output, a presigned multipart upload whose object a job then transcodes, and a failed job retried in place
+(spec.manualRetry) until it succeeds."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from transkube_dev.kube import Kube
 from transkube_shim.config import ShimConfig
+from transkube_shim.jobs import FAILURE_CATEGORIES
 
-from .conftest import wait_for
+from .conftest import tj_path, wait_for
 from .shim_fixtures import *  # noqa: F403 (fixtures)
 from .shim_fixtures import BUCKET, ShimServer, Tenant
 
@@ -67,11 +71,12 @@ def test_sse_follows_a_real_job_from_queued_to_succeeded_then_download(
                 break
     kinds = [e for e, _ in seen]
     assert kinds[0] == "state" and seen[0][1]["name"] == name
-    assert seen[0][1]["status"].get("phase", "Pending") == "Pending"  # queued when we connected
+    # not started when we connected: unseen or Queued (waiting for its pool), or Pending (admitted, starting)
+    assert seen[0][1]["status"].get("phase", "Queued") in ("Queued", "Pending")
     assert kinds[-1] == "completed", kinds
     assert seen[-1][1]["status"]["phase"] == "Succeeded"
     phases = [(d["from"], d["to"]) for e, d in seen if e == "phase"]
-    assert ("Pending", "Running") in phases and phases[-1][1] == "Succeeded", phases
+    assert phases[0][0] in ("Queued", "Pending") and phases[-1] == ("Running", "Succeeded"), phases
     stages = [d["to"] for e, d in seen if e == "stage"]
     assert "Transcoding" in stages and stages[-1] == "Done", stages
     percents = [d["percent"] for e, d in seen if e == "progress"]
@@ -87,6 +92,8 @@ def test_sse_follows_a_real_job_from_queued_to_succeeded_then_download(
     assert out["checksum"] == "sha256:" + hashlib.sha256(data.content).hexdigest()
     stats = t.get("/api/v1/stats").json()
     assert stats["succeeded"] == 1 and stats["averageProcessingSeconds"] >= 0 and stats["averageWaitSeconds"] >= 0
+    assert stats["queued"] == stats["starting"] == stats["running"] == 0 and stats["failed"] == 0
+    assert all(p["queued"] == p["starting"] == p["running"] == 0 for p in stats["pools"].values())
 
 
 def test_sse_heartbeat_and_per_job_connection_cap(
@@ -148,6 +155,68 @@ def test_presigned_multipart_upload_then_a_job_on_it(
     status = t.get(f"/api/v1/jobs/{name}").json()["status"]
     assert status["phase"] == "Succeeded", status
     assert status["input"]["sizeBytes"] == len(data)
+
+
+def test_retry_runs_the_same_job_again_once_the_input_exists(
+        tenant: Callable[..., Tenant], s3: Any, kube: Kube, media_files: dict[str, Path]) -> None:
+    """A job fails for want of its input; the input is uploaded; POST /retry raises spec.manualRetry and the
+    operator runs the SAME job again: Queued/Pending/Running, then Succeeded, with the failed attempt kept in
+    status.attemptHistory and status.manualRetries 1. Two retries at once count once."""
+    t = tenant()
+    key = f"inputs/{uuid.uuid4().hex}/late.mp4"
+    name = t.post("/api/v1/jobs", json=job_spec(f"s3://{BUCKET}/{key}", retryLimit=0)).json()["name"]
+    wait_for("Failed", lambda: t.get(f"/api/v1/jobs/{name}").json()["status"].get("phase") == "Failed", timeout=180)
+    failed = t.get(f"/api/v1/jobs/{name}").json()
+    reason, category = failed["status"]["reason"], failed["status"]["failureCategory"]
+    assert reason == "InputNotFound" and category in FAILURE_CATEGORIES, failed["status"]
+    assert failed["retryPending"] is False and failed["spec"]["manualRetry"] == 0
+    cr = kube.get(tj_path(t.namespace, name))
+    assert cr["metadata"]["labels"]["transkube.dev/failure-category"] == category
+    # the dead-letter view: listed under its category, not under another; counted in the stats
+    dead = t.get("/api/v1/jobs", params={"status": "failed", "failureCategory": category}).json()["items"]
+    assert name in [j["name"] for j in dead]
+    other = next(c for c in FAILURE_CATEGORIES if c != category)
+    assert name not in [j["name"] for j in t.get("/api/v1/jobs", params={"failureCategory": other}).json()["items"]]
+    assert t.get("/api/v1/stats").json()["failedByCategory"][category] >= 1
+
+    s3.upload_file(str(media_files["short"]), BUCKET, key)
+
+    def post_retry(_: int) -> requests.Response:  # own connections: two requests really in flight at once
+        return requests.post(f"{t.url}/api/v1/jobs/{name}/retry", headers={"X-API-Key": t.key}, timeout=30)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(post_retry, range(2)))
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+    accepted = next(a for a in answers if a.status_code == 202).json()
+    assert accepted["name"] == name and accepted["spec"]["manualRetry"] == 1
+    refused = next(a for a in answers if a.status_code == 409).json()["error"]["code"]
+    assert refused in ("retry_pending", "not_failed"), refused  # not_failed: the operator already moved it on
+    assert kube.get(tj_path(t.namespace, name))["spec"]["manualRetry"] == 1  # counted once
+
+    # The event stream of a job whose retry is pending does not end at Failed: it follows the job to the end.
+    seen: list[tuple[str, dict[str, Any]]] = []
+    with t.get(f"/api/v1/jobs/{name}/events", stream=True, timeout=(10, 240)) as resp:
+        assert resp.status_code == 200
+        for event in events(resp):
+            seen.append(event)
+            if event[0] in ("completed", "failed", "cancelled", "deleted") or len(seen) > 2000:
+                break
+    assert seen[-1][0] == "completed", [e for e, _ in seen]
+    tos = [d["to"] for e, d in seen if e == "phase"]
+    assert tos and tos[-1] == "Succeeded" and "Failed" not in tos, tos
+
+    job = t.get(f"/api/v1/jobs/{name}").json()
+    status = job["status"]
+    assert job["name"] == name and status["phase"] == "Succeeded" and job["retryPending"] is False
+    assert status["manualRetries"] == 1 and len(status["outputs"]) == 1
+    history = status["attemptHistory"]
+    assert any(a.get("round", 0) == 0 and a.get("reason") == reason for a in history), history
+    assert any(a.get("round") == 1 for a in history), history
+    # no longer dead-lettered: neither the category nor its label stays on a succeeded job
+    assert "failureCategory" not in status
+    assert "transkube.dev/failure-category" not in kube.get(tj_path(t.namespace, name))["metadata"].get("labels", {})
+    again = t.post(f"/api/v1/jobs/{name}/retry")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "not_failed"
 
 
 def test_graceful_shutdown_ends_event_streams(

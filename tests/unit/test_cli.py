@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from transkube_cli import main as cli_main
 from transkube_cli import render, sse
 from transkube_cli.main import main, parser
 from transkube_cli.render import Exit
@@ -18,6 +19,9 @@ from transkube_cli.spec import (
     merge_preset,
     name_prefix,
     parse_output,
+    retry_patch,
+    retry_precondition,
+    retry_refusal,
     split_s3_uri,
 )
 
@@ -138,6 +142,29 @@ def test_preset_merge_output_overrides_field_by_field() -> None:
     assert req.spec.outputs[0].video is not None and req.spec.outputs[0].video.resolution == "720p"
 
 
+def test_build_submit_priority_and_pool() -> None:
+    req = build_submit(input_uri=IN, outputs=["uri=s3://transkube/o/w.mp4,container=mp4"], priority=20, pool="gpu")
+    assert req.manifest()["spec"]["priority"] == 20 and req.manifest()["spec"]["pool"] == "gpu"
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN, outputs=["uri=s3://transkube/o/w.mp4,container=mp4"], priority=99)
+    assert exc.value.field == "priority"
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN, outputs=["uri=s3://transkube/o/w.mp4,container=mp4"], pool="GPU pool")
+    assert exc.value.field == "pool"
+
+
+def test_retry_patch_is_guarded_like_the_shims() -> None:
+    job = {"spec": {"manualRetry": 2}, "status": {"phase": "Failed", "manualRetries": 2}}
+    assert retry_refusal(job) is None
+    assert retry_patch(job) == [{"op": "test", "path": "/status/phase", "value": "Failed"},
+                                {"op": "test", "path": "/spec/manualRetry", "value": 2},
+                                {"op": "replace", "path": "/spec/manualRetry", "value": 3}]
+    assert retry_precondition(job) == ("Failed", 2)
+    assert "already requested" in (retry_refusal({**job, "spec": {"manualRetry": 3}}) or "")
+    assert "this one is Running" in (retry_refusal({"status": {"phase": "Running"}}) or "")
+    assert "this one is Queued" in (retry_refusal({}) or "")
+
+
 def test_field_path() -> None:
     assert field_path(("outputs", 0, "video", "crf")) == "outputs[0].video.crf"
     assert field_path(("outputs", 1, "function-after[_check(), VideoSpec]")) == "outputs[1]"
@@ -156,7 +183,8 @@ def test_progress_line_running_shows_stage_percent_fps_speed_eta() -> None:
 
 
 def test_progress_line_other_phases() -> None:
-    assert render.progress_line("c", None, 4) == "c  Pending  Pending  [----]    0.0%"
+    # not seen by the operator yet: waiting to be admitted (stage Pending: nothing ran)
+    assert render.progress_line("c", None, 4) == "c  Queued  Pending  [----]    0.0%"
     done = render.progress_line("c", {"phase": "Succeeded", "progress": {"stage": "Done", "percent": 99.9}}, 4)
     assert done == "c  Succeeded  Done  [####]  100.0%"
     failed = render.progress_line("c", {"phase": "Failed", "reason": "InputNotFound",
@@ -203,11 +231,74 @@ def test_tables() -> None:
     assert text.splitlines() == [
         "NAME   PHASE     STAGE         PROGRESS   ETA   REASON   AGE",
         "a      Running   Transcoding   12.3       9s    -        1m00s",
-        "bb     Pending   -             -          -     -        -",
+        "bb     Queued    -             -          -     -        -",
     ]
     rows = render.output_rows({"outputs": [{"name": "web", "uri": "s3://b/w.mp4", "sizeBytes": 10,
                                             "checksum": "sha256:ab"}, {"name": "hls", "uri": "s3://b/h/"}]})
     assert rows == [["web", "s3://b/w.mp4", "10", "sha256:ab"], ["hls", "s3://b/h/", "-", "-"]]
+
+
+def test_queue_position_failure_category_and_pending_retries_are_shown() -> None:
+    queued = {"phase": "Queued", "queue": {"pool": "gpu", "priority": 5, "position": 3, "reason": "PoolCapacity"}}
+    assert render.progress_line("c", queued, 4) == \
+        "c  Queued  Pending  [----]    0.0%  position 3 in gpu (PoolCapacity)"
+    assert render.queue_text({"phase": "Queued", "queue": {"pool": "cpu", "priority": 0}}) == "waiting in cpu"
+    assert render.queue_text({"phase": "Running", "queue": {"pool": "cpu", "priority": 0}}) == ""
+    failed = {"phase": "Failed", "reason": "InputNotFound", "failureCategory": "BadInput"}
+    assert render.progress_line("c", failed, 4).endswith("InputNotFound (BadInput)")
+    now = datetime(2025, 1, 1, 0, 1, 0, tzinfo=UTC)
+    jobs: list[dict[str, Any]] = [
+        {"metadata": {"name": "q"}, "status": queued},
+        {"metadata": {"name": "f"}, "status": failed},
+        {"metadata": {"name": "r"}, "spec": {"manualRetry": 1}, "status": {**failed, "manualRetries": 0}},
+    ]
+    rows = render.job_rows(jobs, now)
+    assert [r[1] for r in rows] == ["Queued:3", "Failed", "Failed:retrying"]
+    assert [r[5] for r in rows] == ["-", "BadInput/InputNotFound", "BadInput/InputNotFound"]
+
+
+def test_exit_code_waits_while_a_retry_is_pending() -> None:
+    failed = {"spec": {"manualRetry": 1}, "status": {"phase": "Failed", "manualRetries": 1}}
+    assert render.job_exit_code(failed) == Exit.FAILED
+    pending = {"spec": {"manualRetry": 2}, "status": {"phase": "Failed", "manualRetries": 1}}
+    assert render.retry_pending(pending) and render.job_exit_code(pending) is None
+    assert render.job_exit_code({"status": {"phase": "Succeeded", "manualRetries": 1},
+                                 "spec": {"manualRetry": 2}}) == Exit.OK  # only a Failed job waits for a retry
+    assert render.job_exit_code({}) is None
+
+
+def test_describe_shows_priority_queue_history_and_webhooks() -> None:
+    job = {"metadata": {"name": "j", "namespace": "n"},
+           "spec": {"input": {"uri": "s3://b/i.mp4"}, "outputs": [{"name": "w", "uri": "s3://b/w.mp4"}],
+                    "priority": 7, "manualRetry": 1,
+                    "webhooks": [{"name": "notify"}, {"name": "gone"}]},
+           "status": {"phase": "Succeeded", "attempts": 3, "manualRetries": 1, "queue": {"pool": "cpu", "priority": 7},
+                      "attemptHistory": [
+                          {"attempt": 1, "round": 0, "pod": "j-a", "exitCode": 3, "failureClass": "Permanent",
+                           "reason": "InputNotFound", "startTime": "2025-01-01T00:00:00Z",
+                           "finishTime": "2025-01-01T00:00:05Z"},
+                          {"attempt": 2, "round": 1, "pod": "j-b", "exitCode": 0}],
+                      "webhooks": [{"name": "gone", "disabled": True, "disabledReason": "Gone"}],
+                      "webhookDeliveries": [{"webhook": "notify", "state": "Delivered"},
+                                            {"webhook": "notify", "state": "Delivered"},
+                                            {"webhook": "notify", "state": "Pending"},
+                                            {"webhook": "gone", "state": "Abandoned"}]}}
+    text = render.describe(job)
+    assert "Priority:   7  pool cpu" in text and "Attempts:   3 (1 manual retries)" in text
+    assert "Retry:" not in text
+    lines = text.splitlines()
+    history = lines.index("History:")
+    assert lines[history + 1].split() == list(render.ATTEMPT_HEADERS)
+    assert lines[history + 2].split() == ["1", "0", "j-a", "3", "Permanent", "InputNotFound", "5s"]
+    assert lines[history + 3].split() == ["2", "1", "j-b", "0", "-", "-", "-"]
+    assert "  notify: 2 delivered, 1 pending" in lines and "  gone: 1 abandoned (disabled: Gone)" in lines
+    queued = render.describe({"metadata": {"name": "q"}, "spec": {"manualRetry": 1},
+                              "status": {"phase": "Queued", "manualRetries": 1,
+                                         "queue": {"pool": "gpu", "priority": 0, "position": 2}}})
+    assert "Phase:      Queued, position 2 in gpu" in queued and "Priority:   0  pool gpu" in queued
+    pending = render.describe({"metadata": {"name": "p"}, "spec": {"manualRetry": 2},
+                               "status": {"phase": "Failed", "manualRetries": 1, "failureCategory": "Transient"}})
+    assert "Retry:      requested (manualRetry 2), not started yet" in pending and "Category:   Transient" in pending
 
 
 def test_describe_and_checksum() -> None:
@@ -246,6 +337,38 @@ def test_sse_parse() -> None:
 
 
 # ---- the command line itself (no backend needed) ----------------------------------------------------------
+
+class FakeBackend:
+    """Records calls; `retry` answers like both backends do (the job in the CR's shape)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def retry(self, name: str) -> dict[str, Any]:
+        self.calls.append(("retry", name))
+        return {"metadata": {"name": name}, "spec": {"manualRetry": 1}, "status": {"phase": "Failed"}}
+
+    def watch(self, name: str) -> Any:
+        self.calls.append(("watch", name))
+        yield {"metadata": {"name": name}, "spec": {"manualRetry": 1}, "status": {"phase": "Failed"}}  # pending
+        yield {"metadata": {"name": name}, "spec": {"manualRetry": 1},
+               "status": {"phase": "Queued", "manualRetries": 1, "queue": {"pool": "cpu", "priority": 0,
+                                                                           "position": 1}}}
+        yield {"metadata": {"name": name}, "spec": {"manualRetry": 1},
+               "status": {"phase": "Succeeded", "manualRetries": 1, "outputs": [{}]}}
+
+
+def test_retry_command_then_watch_to_the_end(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBackend()
+    monkeypatch.setattr(cli_main, "backend", lambda args: fake)
+    assert main(["retry", "web", "--watch", "-q"]) == Exit.OK  # the pending Failed did not end the watch
+    out = capsys.readouterr().out
+    assert "transcodejob web retry requested (manualRetry 1)" in out and "web Succeeded" in out
+    assert fake.calls == [("retry", "web"), ("watch", "web")]
+    args = parser().parse_args(["submit", "--input", IN, "--priority", "-5", "--pool", "gpu"])
+    assert (args.priority, args.pool) == (-5, "gpu")
+
 
 def test_global_options_before_or_after_the_command() -> None:
     before = parser().parse_args(["-n", "media", "--api-url", "http://x", "watch", "job"])

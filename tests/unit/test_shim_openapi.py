@@ -9,6 +9,7 @@ components, after it, equal what crdgen puts into the CRD for the same models.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema_rs
@@ -169,3 +170,26 @@ def test_presets_are_typed_by_the_operator_models() -> None:
 def test_every_operation_has_a_route_and_every_route_an_operation() -> None:
     assert set(routes.HANDLERS) == {op.operation_id for op in openapi.OPERATIONS}
     assert len({(op.method, op.path) for op in openapi.OPERATIONS}) == len(openapi.OPERATIONS)
+
+
+def test_retry_dead_letter_and_stats_are_documented() -> None:
+    jobs_path = DOC["paths"]["/api/v1/jobs"]["get"]
+    params = {p["name"]: p for p in jobs_path["parameters"]}
+    pattern = re.compile(params["failureCategory"]["schema"]["pattern"])
+    assert pattern.fullmatch("Transient") and pattern.fullmatch("BadInput,Stalled") and not pattern.match("Flaky")
+    assert re.compile(params["status"]["schema"]["pattern"]).fullmatch("queued,pending")
+    retry = DOC["paths"]["/api/v1/jobs/{name}/retry"]["post"]
+    assert retry["responses"]["202"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Job"}
+    assert "201" not in retry["responses"] and "manualRetry" in retry["description"]
+    job = COMPONENTS["Job"]["properties"]
+    assert "retryOf" not in job and "retryPending" in job and "webhooks" in job
+    stats = COMPONENTS["QueueStats"]
+    assert {"queued", "starting", "pools", "failedByCategory"} <= set(stats["required"])
+    assert stats["properties"]["pools"]["additionalProperties"] == {"$ref": "#/components/schemas/PoolStats"}
+    _validator("QueueStats").validate({
+        "queued": 1, "starting": 0, "running": 2, "suspended": 0, "succeeded": 3, "failed": 1, "cancelled": 0,
+        "failedByCategory": {"Transient": 1}, "pools": {"cpu": {"queued": 1, "starting": 0, "running": 2,
+                                                                "capacity": 4}}})
+    preset_job = set(COMPONENTS["PresetJobRequest"]["properties"])
+    assert {"priority", "pool", "webhooks", "retryBackoffSeconds", "stallTimeoutSeconds",
+            "ttlSecondsAfterFinished"} <= preset_job

@@ -15,10 +15,11 @@ from pydantic import ValidationError
 from transkube_api.models import TranscodeJobSpec, TranscodePresetSpec
 from transkube_api.presets import resolve_output
 from transkube_shim import auth, errors, jobs, presets, quotas, sse, storage
-from transkube_shim.config import ShimConfig, Tier
-from transkube_shim.models import PresetJobRequest
+from transkube_shim.config import ShimConfig, Tier, pool_capacities
+from transkube_shim.models import Job, PresetJobRequest, QueueStats
 from transkube_shim.ratelimit import RateLimiter, TokenBucket
 
+Obj = dict[str, Any]
 SPEC: dict[str, Any] = {"input": {"uri": "s3://transkube/in.mp4"},
         "outputs": [{"name": "web", "uri": "s3://transkube/out.mp4", "container": "mp4",
                      "video": {"codec": "h264", "crf": 23}}]}
@@ -82,17 +83,46 @@ def test_paginate_newest_first_stable_under_inserts() -> None:
 
 def test_status_filter_and_limit() -> None:
     objs = [cr("a", "2026-01-01T00:00:01Z"), cr("b", "2026-01-01T00:00:02Z", "Running"),
-            cr("c", "2026-01-01T00:00:03Z", "Failed")]
-    phases = jobs.parse_status_filter("queued,failed")
-    assert phases == frozenset({"Pending", "Failed"})
-    assert [o["metadata"]["name"] for o in jobs.paginate(objs, 10, None, phases)[0]] == ["c", "a"]
+            cr("c", "2026-01-01T00:00:03Z", "Failed"), cr("d", "2026-01-01T00:00:04Z", "Queued"),
+            cr("e", "2026-01-01T00:00:05Z", "Pending")]
+    phases = jobs.parse_status_filter("queued,FAILED")
+    assert phases == frozenset({"Queued", "Failed"})
+    # a job the operator has not seen yet ("a") waits to be admitted: it is queued, not pending
+    assert [o["metadata"]["name"] for o in jobs.paginate(objs, 10, None, phases)[0]] == ["d", "c", "a"]
+    assert [o["metadata"]["name"] for o in jobs.paginate(objs, 10, None, jobs.parse_status_filter("pending"))[0]] \
+        == ["e"]
     assert jobs.parse_status_filter(None) is None
-    with pytest.raises(errors.ApiError):
+    with pytest.raises(errors.ApiError) as exc:
         jobs.parse_status_filter("sleeping")
+    assert (exc.value.status, exc.value.code, exc.value.field) == (400, "invalid_parameter", "status")
     assert jobs.parse_limit(None, 50, 500) == 50 and jobs.parse_limit("7", 50, 500) == 7
     for bad in ("0", "501", "x"):
         with pytest.raises(errors.ApiError):
             jobs.parse_limit(bad, 50, 500)
+
+
+def test_failure_category_filter_is_the_dead_letter_view() -> None:
+    objs = [cr("t1", "2026-01-01T00:00:01Z", "Failed", failureCategory="Transient"),
+            cr("b1", "2026-01-01T00:00:02Z", "Failed", failureCategory="BadInput"),
+            cr("t2", "2026-01-01T00:00:03Z", "Failed", failureCategory="Transient"),
+            cr("old", "2026-01-01T00:00:04Z", "Failed"),  # failed before categories existed
+            cr("r", "2026-01-01T00:00:05Z", "Running")]
+    categories = jobs.parse_category_filter("transient")
+    assert categories == frozenset({"Transient"})
+    failed = jobs.parse_status_filter("failed")
+    page, token = jobs.paginate(objs, 1, None, failed, categories)
+    assert [o["metadata"]["name"] for o in page] == ["t2"] and token is not None
+    page, token = jobs.paginate(objs, 1, jobs.decode_cursor(token), failed, categories)
+    assert [o["metadata"]["name"] for o in page] == ["t1"] and token is None
+    both = jobs.parse_category_filter("Transient,BadInput")
+    assert [o["metadata"]["name"] for o in jobs.paginate(objs, 10, None, None, both)[0]] == ["t2", "b1", "t1"]
+    assert jobs.parse_category_filter("") is None and jobs.parse_category_filter(None) is None
+    assert set(jobs.FAILURE_CATEGORIES) == {"BadInput", "Unsupported", "Config", "Quality", "Transient",
+                                            "Internal", "Stalled", "Timeout", "Quota"}
+    with pytest.raises(errors.ApiError) as exc:
+        jobs.parse_category_filter("Transient,Flaky")
+    assert (exc.value.status, exc.value.code, exc.value.field) == (400, "invalid_parameter", "failureCategory")
+    assert "'Flaky'" in exc.value.message and "BadInput" in exc.value.message
 
 
 # ---- errors ----
@@ -192,6 +222,10 @@ def test_quota_usage_counts_active_and_last_24h() -> None:
     err = quotas.check_quota(objs, Tier(1, 1, 10, 3), now)
     assert err is not None and "daily" in err.message and int(err.headers["Retry-After"]) == 86400 - 3 * 3600
     assert quotas.check_quota(objs, Tier(1, 1, 10, 10), now) is None
+    # a retry creates no job: only the concurrency quota applies to it
+    assert quotas.check_quota(objs, Tier(1, 1, 10, 3), now, daily=False) is None
+    err = quotas.check_quota(objs, Tier(1, 1, 3, 3), now, daily=False)
+    assert err is not None and "concurrent" in err.message
 
 
 # ---- SSE ----
@@ -209,8 +243,15 @@ def test_sse_tracker_derives_phase_stage_progress_and_completion() -> None:
     events = tracker.update(done)
     assert [e for e, _ in events] == ["phase", "stage", "progress", "completed"]
     assert events[0][1]["from"] == "Running" and tracker.done
-    failed = sse.Tracker().initial(cr("j", "2026-01-01T00:00:00Z", "Failed", reason="InputNotFound"))
-    assert [e for e, _ in failed] == ["state", "failed"]
+    failed_job = cr("j", "2026-01-01T00:00:00Z", "Failed", reason="InputNotFound")
+    assert [e for e, _ in sse.Tracker().initial(failed_job)] == ["state", "failed"]
+    # A retry requested: the stream stays open through Failed and follows the same job back to Queued.
+    retrying = sse.Tracker()
+    pending = {**failed_job, "spec": {**SPEC, "manualRetry": 1}}
+    assert [e for e, _ in retrying.initial(pending)] == ["state"] and not retrying.done
+    queued = {**pending, "status": {"phase": "Queued", "manualRetries": 1}}
+    events = retrying.update(queued)
+    assert events == [("phase", {"from": "Failed", "to": "Queued", "reason": None, "message": None})]
     assert sse.encode("x", {"a": 1}, "7") == b'id: 7\nevent: x\ndata: {"a":1}\n\n'
 
 
@@ -222,36 +263,117 @@ def test_idempotent_names_and_bodies() -> None:
     assert len(jobs.idempotent_name("acme", "x" * 255)) <= 63
     with pytest.raises(errors.ApiError):
         jobs.idempotent_name("acme", "")
-    spec = TranscodeJobSpec.model_validate(SPEC)
-    body = jobs.cr_body("n", "acme", spec, idempotency_key="k", retry_of="orig")
-    assert body["metadata"]["labels"] == {"transkube.dev/tenant": "acme", "transkube.dev/created-by": "shim",
-                                          "transkube.dev/retry-of": "orig"}
+    spec = TranscodeJobSpec.model_validate({**SPEC, "priority": 10, "pool": "gpu"})
+    body = jobs.cr_body("n", "acme", spec, idempotency_key="k")
+    assert body["metadata"]["labels"] == {"transkube.dev/tenant": "acme", "transkube.dev/created-by": "shim"}
+    assert body["spec"]["priority"] == 10 and body["spec"]["pool"] == "gpu" and body["spec"]["manualRetry"] == 0
     assert jobs.same_request(body, spec)
     other = TranscodeJobSpec.model_validate({**SPEC, "retryLimit": 5})
     assert not jobs.same_request(body, other)
     view = jobs.job_view({**body, "metadata": {**body["metadata"], "uid": "u", "creationTimestamp": "t",
                                                "resourceVersion": "3"}})
-    assert view["retryOf"] == "orig" and view["status"] == {} and view["deleting"] is False
+    assert view["status"] == {} and view["deleting"] is False and view["retryPending"] is False
+    assert "webhooks" not in view and "retryOf" not in view
+    Job.model_validate(view)  # the view is what the OpenAPI document says
 
 
-def test_retry_names_count_from_the_first_job() -> None:
-    original = cr("web", "2026-01-01T00:00:00Z", "Failed")
-    assert jobs.retry_root(original) == "web" and jobs.retry_name("web", 1) == "web-retry-1"
-    retried = {**original, "metadata": {**original["metadata"], "name": "web-retry-1",
-                                        "annotations": {"transkube.dev/retry-of": "web"}}}
-    assert jobs.retry_root(retried) == "web"
-    assert jobs.retry_spec({**original, "spec": {**SPEC, "suspend": True, "cancel": True}}).cancel is False
-    assert len(jobs.retry_name("x" * 300, 12)) <= 253
+def failed(name: str = "web", manual_retry: int = 0, manual_retries: int | None = None, **status: Any) -> Obj:
+    obj = cr(name, "2026-01-01T00:00:00Z", "Failed", failureCategory="BadInput", reason="InputNotFound", **status)
+    obj["spec"] = {**SPEC, "manualRetry": manual_retry}
+    if manual_retries is not None:
+        obj["status"]["manualRetries"] = manual_retries
+    return obj
+
+
+def test_manual_retry_is_a_guarded_patch_of_the_same_job() -> None:
+    job = failed(manual_retry=1, manual_retries=1)  # retried once already, failed again
+    assert jobs.retry_refusal(job) is None and not jobs.retry_pending(job) and jobs.is_terminal(job)
+    assert jobs.retry_patch(job) == [{"op": "test", "path": "/status/phase", "value": "Failed"},
+                                     {"op": "test", "path": "/spec/manualRetry", "value": 1},
+                                     {"op": "replace", "path": "/spec/manualRetry", "value": 2}]
+    assert jobs.retry_patch(cr("x", "t", "Failed"))[2]["value"] == 1  # manualRetry unset: 0 -> 1
+    # Requested, not yet acted on: still Failed, but no longer finished (quotas count it, streams go on).
+    pending = failed(manual_retry=2, manual_retries=1)
+    assert jobs.retry_pending(pending) and not jobs.is_terminal(pending)
+    assert jobs.job_view(pending)["retryPending"] is True
+    # only a Failed job waits for a retry: a raise anywhere else never keeps a job looking unfinished
+    done = {**pending, "status": {"phase": "Succeeded", "manualRetries": 1}}
+    assert not jobs.retry_pending(done) and jobs.is_terminal(done)
+    refusal = jobs.retry_refusal(pending)
+    assert refusal is not None and (refusal.status, refusal.code) == (409, "retry_pending")
+    for phase in ("Queued", "Pending", "Running", "Succeeded", "Cancelled", "Suspended", None):
+        refusal = jobs.retry_refusal(cr("x", "t", phase))
+        assert refusal is not None and (refusal.status, refusal.code) == (409, "not_failed"), phase
+    refusal = jobs.retry_refusal(failed(manual_retry=1000, manual_retries=1000))
+    assert refusal is not None and refusal.code == "too_many_retries"
+    assert jobs.retry_precondition(job) == ("Failed", 1)
+    assert quotas.quota_usage([pending, job], datetime(2026, 1, 1, tzinfo=UTC))[0] == 1
+
+
+def test_job_view_summarises_webhooks_and_passes_queue_and_history_through() -> None:
+    hook = {"name": "notify", "url": "https://hooks.example/t", "events": ["failed"], "secretRef": {"name": "s"}}
+    obj = cr("w", "2026-01-01T00:00:00Z", "Failed", failureCategory="Transient", manualRetries=1,
+             nextAttemptTime="2026-01-01T00:05:00Z",
+             attemptHistory=[{"attempt": 1, "round": 0, "pod": "w-1", "exitCode": 3, "failureClass": "Transient",
+                              "counted": True}],
+             queue={"pool": "cpu", "priority": 5, "admittedTime": "2026-01-01T00:00:01Z"},
+             webhooks=[{"name": "old", "disabled": True, "disabledReason": "Gone"}],
+             webhookDeliveries=[
+                 {"id": "1", "webhook": "notify", "type": "transcodejob.failed", "eventTime": "t",
+                  "state": "Delivered"},
+                 {"id": "2", "webhook": "notify", "type": "transcodejob.failed", "eventTime": "t",
+                  "state": "Pending"},
+                 {"id": "3", "webhook": "notify", "type": "transcodejob.failed", "eventTime": "t",
+                  "state": "Delivered"},
+                 {"id": "4", "webhook": "old", "type": "transcodejob.failed", "eventTime": "t",
+                  "state": "Abandoned"}])
+    obj["spec"] = {**SPEC, "priority": 5, "manualRetry": 1,
+                   "webhooks": [hook, {**hook, "name": "old"}, {**hook, "name": "quiet"}]}
+    view = jobs.job_view(obj)
+    assert view["webhooks"] == [
+        {"name": "notify", "disabled": False, "pending": 1, "delivered": 2, "failed": 0, "abandoned": 0},
+        {"name": "old", "disabled": True, "disabledReason": "Gone", "pending": 0, "delivered": 0, "failed": 0,
+         "abandoned": 1},
+        {"name": "quiet", "disabled": False, "pending": 0, "delivered": 0, "failed": 0, "abandoned": 0}]
+    assert view["spec"]["priority"] == 5 and view["status"]["queue"]["pool"] == "cpu"
+    assert view["status"]["attemptHistory"][0]["pod"] == "w-1" and view["status"]["manualRetries"] == 1
+    assert view["retryPending"] is False
+    typed = Job.model_validate(view)
+    assert typed.status.failure_category == "Transient" and typed.webhooks is not None
+    assert typed.status.next_attempt_time == "2026-01-01T00:05:00Z"
 
 
 def test_queue_stats() -> None:
-    objs = [cr("a", "2026-01-01T00:00:00Z"),
+    objs = [cr("a", "2026-01-01T00:00:00Z"),  # not seen by the operator yet: queued
+            cr("q", "2026-01-01T00:00:00Z", "Queued", queue={"pool": "gpu", "priority": 0, "position": 1}),
+            cr("p", "2026-01-01T00:00:00Z", "Pending", queue={"pool": "cpu", "priority": 0}),
             cr("b", "2026-01-01T00:00:00Z", "Succeeded", startTime="2026-01-01T00:00:10Z",
-               completionTime="2026-01-01T00:01:10Z"),
-            cr("c", "2026-01-01T00:00:00Z", "Running", startTime="2026-01-01T00:00:20Z")]
+               completionTime="2026-01-01T00:01:10Z", queue={"pool": "cpu", "priority": 0}),
+            cr("c", "2026-01-01T00:00:00Z", "Running", startTime="2026-01-01T00:00:20Z",
+               queue={"pool": "cpu", "priority": 0}),
+            cr("f1", "2026-01-01T00:00:00Z", "Failed", failureCategory="Transient"),
+            cr("f2", "2026-01-01T00:00:00Z", "Failed", failureCategory="Transient"),
+            cr("f3", "2026-01-01T00:00:00Z", "Failed", failureCategory="Stalled"),
+            cr("f4", "2026-01-01T00:00:00Z", "Failed")]
     stats = jobs.queue_stats(objs)
-    assert stats == {"queued": 1, "running": 1, "suspended": 0, "succeeded": 1, "failed": 0, "cancelled": 0,
-                     "averageWaitSeconds": 15.0, "averageProcessingSeconds": 60.0}
+    assert {k: v for k, v in stats.items() if k not in ("failedByCategory", "pools")} == {
+        "queued": 2, "starting": 1, "running": 1, "suspended": 0, "succeeded": 1, "failed": 4, "cancelled": 0,
+        "averageWaitSeconds": 15.0, "averageProcessingSeconds": 60.0}
+    assert stats["failedByCategory"] == {"BadInput": 0, "Unsupported": 0, "Config": 0, "Quality": 0,
+                                         "Transient": 2, "Internal": 0, "Stalled": 1, "Timeout": 0, "Quota": 0}
+    assert stats["pools"] == {"cpu": {"queued": 0, "starting": 1, "running": 1},
+                              "gpu": {"queued": 1, "starting": 0, "running": 0}}
+    with_capacity = jobs.queue_stats(objs, {"cpu": 4, "gpu": 1, "big": 2})
+    assert with_capacity["pools"] == {"big": {"queued": 0, "starting": 0, "running": 0, "capacity": 2},
+                                      "cpu": {"queued": 0, "starting": 1, "running": 1, "capacity": 4},
+                                      "gpu": {"queued": 1, "starting": 0, "running": 0, "capacity": 1}}
+    # not admitted yet and not seen by the operator: the pool the spec asked for
+    unseen = {**cr("u", "2026-01-01T00:00:00Z"), "spec": {**SPEC, "pool": "gpu"}}
+    assert jobs.queue_stats([unseen])["pools"] == {"gpu": {"queued": 1, "starting": 0, "running": 0}}
+    QueueStats.model_validate(with_capacity)
+    assert jobs.queue_stats([]) == {"queued": 0, "starting": 0, "running": 0, "suspended": 0, "succeeded": 0,
+                                    "failed": 0, "cancelled": 0, "pools": {},
+                                    "failedByCategory": dict.fromkeys(jobs.FAILURE_CATEGORIES, 0)}
 
 
 # ---- presets ----
@@ -319,6 +441,19 @@ def test_bad_preset_combinations_are_422_naming_the_field(
     assert (exc.value.status, exc.value.code, exc.value.field) == (422, code, field), exc.value.message
 
 
+def test_preset_jobs_carry_scheduling_retry_and_webhook_fields() -> None:
+    hook = {"name": "notify", "url": "https://hooks.example/t", "events": ["succeeded", "failed"],
+            "secretRef": {"name": "hook-secret"}}
+    request = preset_request(priority=20, pool="gpu", retryBackoffSeconds=[5, 60], stallTimeoutSeconds=120,
+                             webhooks=[hook], ttlSecondsAfterFinished=3600)
+    spec = presets.build_spec("web-720p", WEB_720P, request).wire()
+    assert (spec["priority"], spec["pool"], spec["retryBackoffSeconds"], spec["stallTimeoutSeconds"],
+            spec["ttlSecondsAfterFinished"]) == (20, "gpu", [5, 60], 120, 3600)
+    assert spec["webhooks"][0]["name"] == "notify" and spec["webhooks"][0]["secretRef"]["key"] == "secret"
+    with pytest.raises(ValidationError):
+        preset_request(priority=51)
+
+
 def test_overrides_are_typed_output_settings() -> None:
     with pytest.raises(ValidationError) as exc:
         preset_request({"video": {"codec": "h264", "crf": "high"}})
@@ -363,6 +498,20 @@ def test_part_plan_and_stale_uploads() -> None:
     uploads = [{"Key": "old", "UploadId": "1", "Initiated": now - timedelta(hours=25)},
                {"Key": "new", "UploadId": "2", "Initiated": now - timedelta(hours=1)}]
     assert storage.stale_uploads(uploads, now, 24 * 3600) == [("old", "1")]
+
+
+def test_pool_capacities_from_the_operators_scheduling_json() -> None:
+    raw = json.dumps({"mode": "builtin", "agingSeconds": 60,
+                      "pools": {"cpu": {"capacity": 4, "accelerator": "cpu"},
+                                "gpu": {"capacity": 1, "accelerator": "nvidia"}}})
+    assert ShimConfig.from_env({"TRANSKUBE_SCHEDULING": raw}).pool_capacities == {"cpu": 4, "gpu": 1}
+    assert ShimConfig.from_env({}).pool_capacities == {}
+    assert pool_capacities(json.dumps({"agingSeconds": 5})) == {}  # the operator's built-in pools: not guessed
+    assert pool_capacities(json.dumps({"mode": "kueue", "pools": {"cpu": {"capacity": 4}}})) == {}  # Kueue's
+    for bad in ("{not json", json.dumps({"pools": {"cpu": {}}}), json.dumps({"pools": {"cpu": {"capacity": "x"}}}),
+                json.dumps([1])):
+        with pytest.raises(ValueError, match="TRANSKUBE_SCHEDULING"):
+            pool_capacities(bad)
 
 
 def test_config_from_env() -> None:
