@@ -80,7 +80,7 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
     name = job_name(owner.name, accelerator, spec.accelerator.type, round_)
     lbl = labels(owner, accelerator)
     # Scheduling labels on the Job (not the pods): what a queueing controller like Kueue keys on.
-    job_labels = {**lbl, LABEL_PRIORITY: str(spec.priority)}
+    job_labels = dict(lbl)
     if pool:
         job_labels[LABEL_POOL] = pool
         if cfg.scheduling.mode == "kueue":
@@ -170,6 +170,8 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
             "name": name,
             "namespace": owner.namespace,
             "labels": job_labels,
+            # An annotation, not a label: "-5" is not a valid label value. Priority at creation time.
+            "annotations": {LABEL_PRIORITY: str(spec.priority)},
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid,
                                  "controller": True, "blockOwnerDeletion": True}],
         },

@@ -9,9 +9,9 @@ from typing import Any
 from transkube_api.constants import ExitCode
 from transkube_api.models import TranscodeJobSpec
 from transkube_operator import conditions
-from transkube_operator.config import OperatorConfig
+from transkube_operator.config import OperatorConfig, Scheduling
 from transkube_operator.jobspec import Owner, build_job, job_name, worker_rbac
-from transkube_operator.reconcile import CreateJob, DeleteJob, SetJobSuspend, plan
+from transkube_operator.reconcile import CreateJob, DeleteJob, DeletePod, SetJobSuspend, plan
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
 CFG = OperatorConfig(s3_endpoint="http://127.0.0.1:9000")
@@ -273,3 +273,77 @@ def test_between_attempts_the_job_is_pending_with_the_last_failure() -> None:
     assert p.phase == "Pending"
     assert p.status_patch["reason"] == "RetryBackoff"
     assert "TransientError: S3 timed out" in p.status_patch["message"]
+
+
+def test_held_job_carries_pool_label_and_priority_annotation() -> None:
+    spec = TranscodeJobSpec.model_validate({**SPEC, "priority": -5})
+    job_ = build_job(Owner("movie", "media", "uid-1"), spec, CFG, "cpu", pool="cpu", suspend=True)
+    assert job_["spec"]["suspend"] is True
+    assert job_["metadata"]["labels"]["transkube.dev/pool"] == "cpu"
+    assert job_["metadata"]["annotations"]["transkube.dev/priority"] == "-5"  # not a valid label value
+    assert "kueue.x-k8s.io/queue-name" not in job_["metadata"]["labels"]
+    kueue = OperatorConfig(scheduling=Scheduling(mode="kueue"))
+    assert build_job(Owner("movie", "media", "uid-1"), spec, kueue, "cpu", pool="cpu")["metadata"]["labels"][
+        "kueue.x-k8s.io/queue-name"] == "cpu"
+
+
+def test_a_new_job_is_held_queued_until_admitted() -> None:
+    p = plan(tj(admitted=False), [], [], CFG, NOW)
+    assert p.phase == "Queued"
+    (create,) = p.actions
+    assert isinstance(create, CreateJob) and create.manifest["spec"]["suspend"] is True
+    assert p.status_patch["queue"]["pool"] == "cpu" and p.status_patch["queue"]["enqueuedTime"]
+    admitted = plan(tj(status={"phase": "Queued"}), [job(suspend=True)], [], CFG, NOW)
+    assert SetJobSuspend("movie", False) in admitted.actions and admitted.phase == "Pending"
+    assert "Admitted" in [e.reason for e in admitted.events]
+
+
+def test_unknown_pool_fails_with_a_config_category() -> None:
+    p = plan(tj({"pool": "nope"}, admitted=False), [], [], CFG, NOW)
+    assert p.phase == "Failed" and p.status_patch["reason"] == "PoolNotFound"
+    assert p.status_patch["failureCategory"] == "Config" and p.labels_patch == {
+        "transkube.dev/failure-category": "Config"}
+
+
+def test_counted_failure_holds_the_job_for_the_backoff_schedule() -> None:
+    failed_pod = pod("movie-a", "Failed", exit_code=20, message='{"reason": "TransientError", "message": "s3"}')
+    failed_pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-11-21T11:59:58Z"
+    p = plan(tj({"retryBackoffSeconds": [30]}, {"phase": "Running"}), [job(failed=1)], [failed_pod], CFG, NOW)
+    assert SetJobSuspend("movie", True) in p.actions
+    assert p.status_patch["reason"] == "RetryBackoff" and p.status_patch["nextAttemptTime"] == "2026-11-21T12:00:28Z"
+    (entry,) = p.status_patch["attemptHistory"]
+    assert entry["failureClass"] == "Transient" and entry["counted"] is True
+    later = plan(tj({"retryBackoffSeconds": [30]}, {"phase": "Pending", **p.status_patch}),
+                 [job(failed=1, suspend=True)], [failed_pod], CFG, NOW + dt.timedelta(seconds=31))
+    assert SetJobSuspend("movie", False) in later.actions
+
+
+def test_watchdog_kills_an_attempt_without_progress() -> None:
+    running = pod("movie-a", "Running", created="2026-11-21T11:50:00Z")
+    progress = {"stage": "Transcoding", "percent": 12, "updatedAt": "2026-11-21T11:55:00Z"}
+    p = plan(tj({"stallTimeoutSeconds": 60}, {"phase": "Running", "progress": progress}), [job(active=1)], [running],
+             CFG, NOW)
+    assert DeletePod("movie-a") in p.actions and [e.reason for e in p.events] == ["Stalled"]
+    assert cond(p.status_patch, "Stalled")["reason"] == "NoProgress"  # type: ignore[index]
+    assert p.status_patch["attemptHistory"][0]["failureClass"] == "Stalled"
+    fresh = {**progress, "updatedAt": "2026-11-21T11:59:30Z"}
+    ok = plan(tj({"stallTimeoutSeconds": 60}, {"phase": "Running", "progress": fresh}), [job(active=1)], [running],
+              CFG, NOW)
+    assert ok.actions == [] and ok.wake_at == NOW + dt.timedelta(seconds=30)
+
+
+def test_manual_retry_starts_a_fresh_job_and_keeps_the_history() -> None:
+    history = [{"attempt": 1, "round": 0, "pod": "movie-a", "reason": "InputNotFound", "exitCode": 11,
+                "failureClass": "Permanent", "counted": False, "finishTime": "2026-11-21T11:59:00Z"}]
+    failed = {"phase": "Failed", "reason": "InputNotFound", "failureCategory": "BadInput", "attemptHistory": history,
+              "completionTime": "2026-11-21T11:59:01Z"}
+    obj = tj({"manualRetry": 1}, failed)
+    obj["metadata"]["labels"] = {"transkube.dev/failure-category": "BadInput"}
+    p = plan(obj, [job()], [], CFG, NOW)
+    assert DeleteJob("movie") in p.actions
+    (create,) = [a for a in p.actions if isinstance(a, CreateJob)]
+    assert create.manifest["metadata"]["name"] == "movie-r1" and create.manifest["spec"]["suspend"] is True
+    assert p.phase == "Queued" and p.status_patch["manualRetries"] == 1
+    assert p.status_patch["failureCategory"] is None and p.labels_patch == {"transkube.dev/failure-category": None}
+    assert "attemptHistory" not in p.status_patch  # kept as it was
+    assert "ManualRetry" in [e.reason for e in p.events]
