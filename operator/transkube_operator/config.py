@@ -49,6 +49,7 @@ class Scheduling:
     default_quota: NamespaceQuota = field(default_factory=NamespaceQuota)
     quotas: dict[str, NamespaceQuota] = field(default_factory=dict)
     kueue_queue_name: str | None = None  # kueue mode: the LocalQueue; default: the pool's name
+    max_positions: int = 200  # status.queue.position is kept for this many places per pool
 
     def quota(self, namespace: str) -> NamespaceQuota:
         return self.quotas.get(namespace, self.default_quota)
@@ -63,7 +64,8 @@ class Scheduling:
                    aging_seconds=int(raw.get("agingSeconds", base.aging_seconds)),
                    default_quota=NamespaceQuota.from_wire(raw.get("defaultQuota") or {}),
                    quotas={ns: NamespaceQuota.from_wire(q) for ns, q in (raw.get("quotas") or {}).items()},
-                   kueue_queue_name=raw.get("kueueQueueName") or None)
+                   kueue_queue_name=raw.get("kueueQueueName") or None,
+                   max_positions=int(raw.get("maxPositions", base.max_positions)))
 
 
 @dataclass(frozen=True)

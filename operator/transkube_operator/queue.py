@@ -84,7 +84,7 @@ def effective_priority(entry: Entry, sched: Scheduling, now: dt.datetime) -> int
 class Decision:
     admit: list[Key] = field(default_factory=list)
     # Waiting jobs whose place or reason changed: (position, reason).
-    positions: dict[Key, tuple[int, str]] = field(default_factory=dict)
+    positions: dict[Key, tuple[int | None, str]] = field(default_factory=dict)
     refuse: dict[Key, str] = field(default_factory=dict)  # key -> message
     queued: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
     running: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
@@ -110,8 +110,11 @@ def decide(tjs: list[Obj], sched: Scheduling, now: dt.datetime) -> Decision:
             continue
         place[e.pool] += 1
         reason = REASON_POOL_CAPACITY if used[e.pool] >= capacity else REASON_NAMESPACE_CONCURRENCY
-        if (e.position, e.reason) != (place[e.pool], reason):
-            out.positions[e.key] = (place[e.pool], reason)
+        # Positions past the first few hundred change with every admission and would cost one status write
+        # per waiting job per admission; they are left unset ("further back") instead.
+        position = place[e.pool] if place[e.pool] <= sched.max_positions else None
+        if (e.position, e.reason) != (position, reason):
+            out.positions[e.key] = (position, reason)
     out.queued = place
     out.running = used
     return out

@@ -1,0 +1,99 @@
+"""The admission queue's decisions (queue.decide), without a cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from transkube_operator.config import NamespaceQuota, Pool, Scheduling
+from transkube_operator.queue import decide
+
+NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+SCHED = Scheduling(pools={"cpu": Pool(2), "gpu": Pool(1, "nvidia"), "serial": Pool(1)}, aging_seconds=0)
+
+
+def ts(seconds_ago: float) -> str:
+    return (NOW - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tj(name: str, *, ns: str = "a", pool: str = "cpu", priority: int = 0, ago: float = 10, phase: str = "Queued",
+       admitted: bool = False, suspend: bool = False, reason: str | None = None,
+       position: int | None = None) -> dict[str, Any]:
+    queue: dict[str, Any] = {"pool": pool, "priority": priority, "enqueuedTime": ts(ago)}
+    if admitted:
+        queue["admittedTime"] = ts(ago - 1)
+    if position:
+        queue["position"] = position
+    if reason and phase == "Queued":
+        queue["reason"] = reason
+    return {"metadata": {"namespace": ns, "name": name, "creationTimestamp": ts(ago)},
+            "spec": {"priority": priority, "suspend": suspend},
+            "status": {"phase": phase, "queue": queue, **({"reason": reason} if phase == "Failed" else {})}}
+
+
+def test_priority_first_then_fifo_fills_free_slots() -> None:
+    jobs = [tj("old-low", priority=-5, ago=100), tj("new-high", priority=10, ago=5), tj("old-high", priority=10,
+                                                                                         ago=50),
+            tj("mid", priority=0, ago=60)]
+    d = decide(jobs, SCHED, NOW)
+    assert d.admit == [("a", "old-high"), ("a", "new-high")]
+    assert d.positions == {("a", "mid"): (1, "PoolCapacity"), ("a", "old-low"): (2, "PoolCapacity")}
+    assert d.queued["cpu"] == 2 and d.running["cpu"] == 2
+
+
+def test_admitted_unfinished_jobs_hold_slots_and_finished_or_suspended_ones_do_not() -> None:
+    jobs = [tj("run", phase="Running", admitted=True), tj("done", phase="Succeeded", admitted=True),
+            tj("paused", phase="Suspended", admitted=True, suspend=True), tj("wait", ago=1)]
+    assert decide(jobs, SCHED, NOW).admit == [("a", "wait")]
+    full = [*jobs, tj("run2", phase="Running", admitted=True)]
+    assert decide(full, SCHED, NOW).admit == []
+
+
+def test_pools_are_separate() -> None:
+    jobs = [tj("g1", pool="gpu", phase="Running", admitted=True), tj("g2", pool="gpu"), tj("c1")]
+    d = decide(jobs, SCHED, NOW)
+    assert d.admit == [("a", "c1")] and d.positions == {("a", "g2"): (1, "PoolCapacity")}
+
+
+def test_aging_lets_a_long_waiting_low_priority_job_overtake() -> None:
+    aging = Scheduling(pools={"serial": Pool(1)}, aging_seconds=60)
+    jobs = [tj("patient", pool="serial", priority=-5, ago=600), tj("eager", pool="serial", priority=3, ago=1)]
+    assert decide(jobs, aging, NOW).admit == [("a", "patient")]  # -5 + 10 steps beats 3
+    assert decide(jobs, SCHED, NOW).admit == [("a", "eager")]  # no aging
+
+
+def test_namespace_concurrency_waits_without_blocking_other_namespaces() -> None:
+    sched = Scheduling(pools={"cpu": Pool(5)}, aging_seconds=0,
+                       quotas={"a": NamespaceQuota(max_concurrent=1)})
+    jobs = [tj("a-run", phase="Running", admitted=True), tj("a-next", priority=50, ago=100),
+            tj("b-next", ns="b", ago=1)]
+    d = decide(jobs, sched, NOW)
+    assert d.admit == [("b", "b-next")]
+    assert d.positions == {("a", "a-next"): (1, "NamespaceConcurrency")}
+
+
+def test_quota_refusals_keep_the_oldest_and_refuse_newer_arrivals() -> None:
+    sched = Scheduling(pools={"serial": Pool(1)}, aging_seconds=0,
+                       quotas={"a": NamespaceQuota(max_queued=2)})
+    jobs = [tj("run", pool="serial", phase="Running", admitted=True, ago=500),
+            tj("q1", pool="serial", ago=300), tj("q2", pool="serial", ago=200), tj("q3", pool="serial", ago=100,
+                                                                                      priority=50)]
+    d = decide(jobs, sched, NOW)
+    assert list(d.refuse) == [("a", "q3")] and "maxQueued" in d.refuse[("a", "q3")]
+    daily = Scheduling(pools={"cpu": Pool(9)}, aging_seconds=0, default_quota=NamespaceQuota(max_per_day=2))
+    jobs = [tj("old", phase="Succeeded", admitted=True, ago=90000),  # more than a day ago: not counted
+            tj("d1", phase="Succeeded", admitted=True, ago=3000),
+            tj("gone", phase="Failed", reason="QuotaExceeded", ago=2000),  # refused ones don't count
+            tj("d2", ago=1000), tj("d3", ago=10)]
+    d = decide(jobs, daily, NOW)
+    assert list(d.refuse) == [("a", "d3")] and "maxPerDay" in d.refuse[("a", "d3")]
+    assert d.admit == [("a", "d2")]
+
+
+def test_positions_are_written_only_when_they_change_and_only_near_the_head() -> None:
+    sched = Scheduling(pools={"serial": Pool(1)}, aging_seconds=0, max_positions=2)
+    jobs = [tj("run", pool="serial", phase="Running", admitted=True),
+            tj("w1", pool="serial", ago=30, position=1, reason="PoolCapacity"),
+            tj("w2", pool="serial", ago=20), tj("w3", pool="serial", ago=10)]
+    d = decide(jobs, sched, NOW)
+    assert d.positions == {("a", "w2"): (2, "PoolCapacity"), ("a", "w3"): (None, "PoolCapacity")}
