@@ -107,3 +107,5 @@ CATEGORY_BY_REASON: dict[str, str] = {
 
 def failure_category(reason: str | None) -> str:
     return CATEGORY_BY_REASON.get(reason or "", "Internal")
+LABEL_ROLE = f"{PREFIX}/role"  # on Jobs: "cleanup" for the partial-output cleanup Job (worker Jobs have none)
+ROLE_CLEANUP = "cleanup"

@@ -883,6 +883,14 @@ class WebhookDelivery(ApiModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 
 
+class CleanupStatus(ApiModel):
+    state: Literal["Running", "Succeeded", "Failed"] = Field(description="Running, Succeeded or Failed.")
+    job_name: str = Field(description="The cleanup Job.")
+    start_time: str | None = Field(default=None, description="When it was started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When it finished (RFC 3339).")
+    message: str | None = Field(default=None, description="What it removed, or why it failed.")
+
+
 class TranscodeJobStatus(ApiModel):
     # A transition rule: the API server refuses any status write that changes or drops resolvedOutputs.
     model_config = ConfigDict(frozen=False, json_schema_extra=_rules(
@@ -928,6 +936,9 @@ class TranscodeJobStatus(ApiModel):
     manual_retries: int | None = Field(default=None, description="The spec.manualRetry value last acted on.")
     webhooks: Annotated[list[WebhookState], Field(max_length=5)] | None = Field(
         default=None, description="Per subscription: disabled or not, and progress throttling.")
+    cleanup: CleanupStatus | None = Field(
+        default=None, description="After a Failed or Cancelled job whose last attempt was killed before it could "
+                                  "clean up (SIGKILL, OOM, node loss): the Job that removed its partial outputs.")
     webhook_deliveries: Annotated[list[WebhookDelivery], Field(max_length=100)] | None = Field(
         default=None, description="The outbox: one entry per event and subscription, with its delivery state. "
                                   "Written before any POST, so a restart neither loses nor repeats a delivery.")

@@ -16,8 +16,10 @@ from transkube_api.constants import (
     LABEL_MANAGED_BY,
     LABEL_POOL,
     LABEL_PRIORITY,
+    LABEL_ROLE,
     MANAGED_BY,
     PLURAL,
+    ROLE_CLEANUP,
     WORKER_CONTAINER,
     ExitCode,
 )
@@ -177,6 +179,35 @@ def build_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, acceler
         },
         "spec": job_spec,
     }
+
+
+def cleanup_job_name(owner_name: str) -> str:
+    base = f"{owner_name}-cleanup"
+    if len(base) <= 52:
+        return base
+    return f"{base[:43]}-{hashlib.sha256(base.encode()).hexdigest()[:8]}"
+
+
+def build_cleanup_job(owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, since: str) -> Manifest:
+    """A short Job in the worker's image and identity that removes what a killed attempt left behind: incomplete
+    multipart uploads and objects written under the outputs since `since` (the job's creation)."""
+    job = build_job(owner, spec, cfg, "cpu", suspend=False)
+    job["metadata"]["name"] = cleanup_job_name(owner.name)
+    job["metadata"]["labels"][LABEL_ROLE] = ROLE_CLEANUP
+    job["metadata"].pop("annotations", None)
+    template = job["spec"]["template"]
+    template["metadata"]["labels"] = {**template["metadata"]["labels"], LABEL_ROLE: ROLE_CLEANUP}
+    container = template["spec"]["containers"][0]
+    # The configured worker command ends in its subcommand ("run"); the cleanup is its sibling.
+    command = list(cfg.worker_command)
+    container["command"] = [*command[:-1], "cleanup"] if command and command[-1] == "run" else [*command, "cleanup"]
+    container["env"] = [e for e in container["env"] if e["name"] != "TRANSKUBE_FAULT_INJECTION"] + [
+        {"name": "TRANSKUBE_CLEANUP_SINCE", "value": since}]
+    container["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"},
+                              "limits": {"cpu": "500m", "memory": "512Mi"}}
+    job["spec"].update(backoffLimit=3, activeDeadlineSeconds=900)
+    job["spec"].pop("podFailurePolicy", None)
+    return job
 
 
 def worker_rbac(namespace: str, cfg: OperatorConfig) -> list[Manifest]:

@@ -15,12 +15,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from transkube_api.constants import (
     LABEL_FAILURE_CATEGORY,
+    LABEL_ROLE,
     REASON_BY_EXIT_CODE,
     REASON_INVALID_PRESET,
     REASON_POOL_MISMATCH,
     REASON_POOL_NOT_FOUND,
     REASON_PRESET_NOT_FOUND,
     REASON_STALLED,
+    ROLE_CLEANUP,
     WORKER_CONTAINER,
     failure_category,
 )
@@ -29,7 +31,7 @@ from transkube_api.presets import PresetError, resolve_output
 
 from . import conditions, history
 from .config import OperatorConfig
-from .jobspec import Accelerator, Owner, build_job, job_name
+from .jobspec import Accelerator, Owner, build_cleanup_job, build_job, cleanup_job_name, job_name
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -37,7 +39,7 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff", REASON_STALLED)
 OPERATOR_KEYS = ("observedGeneration", "phase", "reason", "message", "conditions", "attempts", "jobName",
                  "accelerator", "startTime", "completionTime", "resolvedOutputs", "presets", "queue",
-                 "failureCategory", "attemptHistory", "nextAttemptTime", "manualRetries")
+                 "failureCategory", "attemptHistory", "nextAttemptTime", "manualRetries", "cleanup")
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,8 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         if old_phase == "Failed":
             # A fresh start under a new Job name; the history stays, the verdict goes.
             round_, fresh, old_phase = spec.manual_retry, True, None
-            for key in ("reason", "message", "failureCategory", "completionTime", "nextAttemptTime", "queue"):
+            for key in ("reason", "message", "failureCategory", "completionTime", "nextAttemptTime", "queue",
+                        "cleanup"):
                 desired[key] = None
             desired["accelerator"] = None
             events.append(Event("Normal", "ManualRetry", f"retry {round_} requested (spec.manualRetry): a fresh "
@@ -253,6 +256,10 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     effective: Accelerator = accel_status.get("effective") or requested
     name = job_name(owner.name, effective, requested, round_)
     live = [j for j in jobs if not j["metadata"].get("deletionTimestamp")]
+    cleanups = [j for j in live if (j["metadata"].get("labels") or {}).get(LABEL_ROLE) == ROLE_CLEANUP]
+    live = [j for j in live if j not in cleanups]
+    if fresh:
+        actions += [DeleteJob(j["metadata"]["name"]) for j in cleanups]
     job = next((j for j in live if j["metadata"]["name"] == name), None)
     job_pods = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name]
     actions += [DeleteJob(j["metadata"]["name"]) for j in live if j["metadata"]["name"] != name]
@@ -265,6 +272,9 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     if old_phase in TERMINAL:
         if old_phase == "Cancelled" and job is not None:
             actions.append(DeleteJob(name))
+        if old_phase in ("Failed", "Cancelled"):
+            _cleanup(tj, spec, cfg, owner, desired, attempt_log, round_, jobs, cleanups, pods, actions, events,
+                     now_s)
         p = Plan(phase=old_phase, actions=actions, events=events)
         _retention(p, spec, status, cfg, now)
         return _finish(tj, p, desired, old_phase, status.get("reason"), status.get("message"), now_s)
@@ -464,6 +474,60 @@ def _fall_back_to_cpu(tj: Obj, owner: Owner, spec: TranscodeJobSpec, cfg: Operat
                    why, now_s)
 
 
+WORKER_EXIT_CODES = (0, *REASON_BY_EXIT_CODE)  # the worker exited on its own, having cleaned up after itself
+
+
+def _cleanup(tj: Obj, spec: TranscodeJobSpec, cfg: OperatorConfig, owner: Owner, desired: Obj,
+             attempt_log: list[Obj], round_: int, jobs: list[Obj], cleanups: list[Obj], pods: list[Obj],
+             actions: list[Action], events: list[Event], now_s: str) -> None:
+    """After Failed/Cancelled: if an attempt of the last round was killed before its own cleanup (SIGKILL, OOM,
+    a lost node), run the cleanup Job once the worker Jobs are gone, and record how it went."""
+    state: Obj = dict(desired.get("cleanup") or {})
+    name = cleanup_job_name(owner.name)
+    if not state:
+        killed = [e for e in attempt_log if e.get("round", 0) == round_ and e.get("finishTime") is not None
+                  and e.get("exitCode") not in WORKER_EXIT_CODES]
+        worker_jobs_left = [j for j in jobs if j not in cleanups]
+        if not killed or (worker_jobs_left and not _all_finished(worker_jobs_left)):
+            return
+        since = str(tj["metadata"].get("creationTimestamp") or now_s)
+        actions.append(CreateJob(build_cleanup_job(owner, spec, cfg, since)))
+        desired["cleanup"] = {"state": "Running", "jobName": name, "startTime": now_s}
+        events.append(Event("Normal", "CleanupStarted", f"attempt {killed[-1]['attempt']} was killed "
+                                                        f"({killed[-1].get('reason')}); Job {name} removes its "
+                                                        "partial outputs"))
+        return
+    if state.get("state") != "Running":
+        return
+    job = next((j for j in cleanups if j["metadata"]["name"] == name), None)
+    if job is None:
+        return
+    own_pods = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name]
+    if _job_condition(job, "Complete"):
+        done = next((history.ended(p) for p in own_pods if (history.ended(p) or {}).get("exitCode") == 0), None)
+        raw = next((t.get("message") for p in own_pods if (t := _worker_terminated(p)) and t.get("exitCode") == 0),
+                   None)
+        message = _json_message(raw) or (done or {}).get("message") or "partial outputs removed"
+        desired["cleanup"] = {**state, "state": "Succeeded", "completionTime": now_s, "message": message}
+        events.append(Event("Normal", "CleanedUp", message))
+    elif _job_condition(job, "Failed"):
+        last = last_failure(own_pods)
+        message = f"{last[0]}: {last[1]}" if last else "the cleanup Job failed"
+        desired["cleanup"] = {**state, "state": "Failed", "completionTime": now_s, "message": message}
+        events.append(Event("Warning", "CleanupFailed", message))
+
+
+def _all_finished(jobs: list[Obj]) -> bool:
+    return all(_job_condition(j, "Complete") or _job_condition(j, "Failed") for j in jobs)
+
+
+def _json_message(raw: str | None) -> str | None:
+    try:
+        return str(json.loads(raw or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _stall_deadline(pod: Obj, progress: Obj, timeout: int) -> dt.datetime | None:
     """When the running attempt counts as stalled if ffmpeg reports nothing new: `timeout` after its last
     Transcoding progress written during this pod's life."""
@@ -489,7 +553,8 @@ def _retention(p: Plan, spec: TranscodeJobSpec, status: Obj, cfg: OperatorConfig
     if ttl is None or finished is None:
         return
     due = finished + dt.timedelta(seconds=ttl)
-    pending = any(d.get("state") == "Pending" for d in status.get("webhookDeliveries") or [])
+    pending = any(d.get("state") == "Pending" for d in status.get("webhookDeliveries") or []) \
+        or (status.get("cleanup") or {}).get("state") == "Running"
     if now >= due and not pending:
         p.actions.append(DeleteTranscodeJob())
     elif now < due:

@@ -347,3 +347,39 @@ def test_manual_retry_starts_a_fresh_job_and_keeps_the_history() -> None:
     assert p.status_patch["failureCategory"] is None and p.labels_patch == {"transkube.dev/failure-category": None}
     assert "attemptHistory" not in p.status_patch  # kept as it was
     assert "ManualRetry" in [e.reason for e in p.events]
+
+
+def test_a_killed_last_attempt_gets_a_cleanup_job_once_the_worker_job_is_done() -> None:
+    killed = pod("movie-a", "Failed", exit_code=137, message="")
+    failed_job = job(failed=1, conditions_=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    p = plan(tj({"retryLimit": 0}, {"phase": "Running"}), [failed_job], [killed], CFG, NOW)
+    assert p.phase == "Failed"
+    after = {"phase": "Failed", **p.status_patch}
+    cleanup = plan(tj({"retryLimit": 0}, after), [failed_job], [killed], CFG, NOW)
+    (create,) = [a for a in cleanup.actions if isinstance(a, CreateJob)]
+    manifest = create.manifest
+    assert manifest["metadata"]["name"] == "movie-cleanup"
+    assert manifest["metadata"]["labels"]["transkube.dev/role"] == "cleanup"
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][-1] == "cleanup"
+    assert {"name": "TRANSKUBE_CLEANUP_SINCE", "value": "2026-11-21T11:00:00Z"} in container["env"]
+    assert cleanup.status_patch["cleanup"]["state"] == "Running"
+    # The cleanup Job is not mistaken for a stray worker Job, and its success is recorded.
+    cjob = {**job("movie-cleanup", conditions_=[{"type": "Complete", "status": "True"}]),
+            "metadata": {"name": "movie-cleanup", "labels": {"transkube.dev/role": "cleanup"},
+                         "creationTimestamp": "2026-11-21T12:00:00Z"}}
+    cpod = pod("movie-cleanup-x", "Succeeded", job_name_="movie-cleanup", exit_code=0,
+               message='{"reason": "Cleaned", "message": "aborted 1 multipart upload(s), deleted 2 object(s)"}')
+    done = plan(tj({"retryLimit": 0}, {**after, **cleanup.status_patch}), [failed_job, cjob], [killed, cpod], CFG,
+                NOW)
+    assert not any(isinstance(a, DeleteJob) for a in done.actions)
+    assert done.status_patch["cleanup"]["state"] == "Succeeded"
+    assert "deleted 2 object(s)" in done.status_patch["cleanup"]["message"]
+
+
+def test_a_worker_that_exited_on_its_own_needs_no_cleanup() -> None:
+    failed = pod("movie-a", "Failed", exit_code=20, message='{"reason": "TransientError", "message": "x"}')
+    failed_job = job(failed=1, conditions_=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    p = plan(tj({"retryLimit": 0}, {"phase": "Running"}), [failed_job], [failed], CFG, NOW)
+    again = plan(tj({"retryLimit": 0}, {"phase": "Failed", **p.status_patch}), [failed_job], [failed], CFG, NOW)
+    assert again.actions == [] and "cleanup" not in again.status_patch
