@@ -90,7 +90,9 @@ def kube() -> Kube:
     return _kube
 
 
-@kopf.on.startup()
+# A replaced pod may hold the metrics port for a few seconds while it terminates (hostNetwork-like dev nodes,
+# or a quick delete): retry every second, not kopf's default minute.
+@kopf.on.startup(backoff=1)
 def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
     global _kube
     # kopf's own bookkeeping lives in annotations under our prefix; status stays ours.

@@ -94,6 +94,13 @@ def _progress_due(sub: Obj, state: Obj, new_status: Obj, now: dt.datetime) -> bo
     percent = _percent(new_status)
     if new_status.get("phase") != "Running" or percent is None or percent == state.get("lastProgressPercent"):
         return False
+    # Only the worker's own reports of this attempt: not the operator's "Pending 0%" placeholder (no updatedAt),
+    # nor the previous attempt's numbers (written before this attempt's pod existed).
+    updated = parse_time((new_status.get("progress") or {}).get("updatedAt"))
+    history = new_status.get("attemptHistory") or []
+    started = parse_time(history[-1].get("startTime")) if history else None
+    if updated is None or (started is not None and updated < started):
+        return False
     last = parse_time(state.get("lastProgressTime"))
     interval = int(sub.get("progressIntervalSeconds") or 30)
     return last is None or (now - last).total_seconds() >= interval

@@ -24,6 +24,8 @@ from transkube_operator.webhooks import (
 Obj = dict[str, Any]
 NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
 CFG = WebhookConfig()
+# When the worker wrote its progress (worker-written progress carries updatedAt).
+UPDATED = "2026-11-21T00:00:00Z"
 ALL = ["queued", "started", "progress", "succeeded", "failed", "cancelled"]
 
 
@@ -74,7 +76,7 @@ def only(status: Obj) -> Obj:
 def running(percent: float | None = None, attempts: int = 1, **extra: Any) -> Obj:
     status: Obj = {"phase": "Running", "attempts": attempts, **extra}
     if percent is not None:
-        status["progress"] = {"stage": "Transcoding", "percent": percent}
+        status["progress"] = {"stage": "Transcoding", "percent": percent, "updatedAt": UPDATED}
     return status
 
 
@@ -112,8 +114,8 @@ def test_a_whole_job_queues_its_events_in_order() -> None:
     s1 = step(obj, s0, {"phase": "Queued"})
     s2 = step(obj, s1, {**s1, "phase": "Pending"}, at(1))
     s3 = step(obj, s2, {**s2, **running(attempts=1)}, at(2))
-    s4 = step(obj, s3, {**s3, "progress": {"stage": "Transcoding", "percent": 10}}, at(3))
-    s5 = step(obj, s4, {**s4, "phase": "Succeeded", "progress": {"stage": "Done", "percent": 100},
+    s4 = step(obj, s3, {**s3, "progress": {"stage": "Transcoding", "percent": 10, "updatedAt": UPDATED}}, at(3))
+    s5 = step(obj, s4, {**s4, "phase": "Succeeded", "progress": {"stage": "Done", "percent": 100, "updatedAt": UPDATED},
                         "outputs": [{"name": "web", "uri": "s3://media/out.mp4", "sizeBytes": 5}]}, at(4))
     assert types(s5) == ["transcodejob.queued", "transcodejob.started", "transcodejob.progress",
                          "transcodejob.succeeded"]
@@ -126,7 +128,7 @@ def test_a_whole_job_queues_its_events_in_order() -> None:
 def test_failed_event_carries_reason_and_category() -> None:
     after = step(tj(), running(50), {"phase": "Failed", "attempts": 3, "reason": "BadInput",
                                      "message": "no video stream", "failureCategory": "BadInput",
-                                     "progress": {"stage": "Probing", "percent": 50}})
+                                     "progress": {"stage": "Probing", "percent": 50, "updatedAt": UPDATED}})
     data = only(after)["data"]
     assert data == {"name": "movie", "namespace": "media", "uid": "uid-1", "phase": "Failed", "attempts": 3,
                     "reason": "BadInput", "message": "no video stream", "failureCategory": "BadInput"}
@@ -239,13 +241,14 @@ def test_unchanged_progress_is_not_resent() -> None:
 def test_progress_needs_running_and_a_percent() -> None:
     obj = tj(sub(events=["progress"]))
     assert outbox_update(obj, running(), running(), NOW, CFG).get("webhookDeliveries") is None
-    suspended = {"phase": "Suspended", "progress": {"stage": "Transcoding", "percent": 30}}
+    suspended = {"phase": "Suspended", "progress": {"stage": "Transcoding", "percent": 30, "updatedAt": UPDATED}}
     assert outbox_update(obj, suspended, suspended, NOW, CFG).get("webhookDeliveries") is None
 
 
 def test_progress_waits_for_the_new_attempt_after_started() -> None:
     obj = tj(sub(events=["progress"]))
-    stale = {"phase": "Pending", "attempts": 1, "progress": {"stage": "Transcoding", "percent": 40}}
+    stale = {"phase": "Pending", "attempts": 1,
+             "progress": {"stage": "Transcoding", "percent": 40, "updatedAt": UPDATED}}
     s1 = step(obj, stale, {**stale, **running(40, attempts=2)})
     assert types(s1) == []
     s2 = step(obj, s1, {**s1, **running(2, attempts=2)}, at(5))
@@ -409,3 +412,12 @@ def test_everything_written_round_trips_through_the_models() -> None:
     for w in s4["webhooks"]:
         assert WebhookState.model_validate(w).wire() == w
     TranscodeJobStatus.model_validate(s4)
+
+
+def test_progress_ignores_the_placeholder_and_the_previous_attempt() -> None:
+    obj = tj(sub(events=["progress"]))
+    placeholder = {"phase": "Running", "progress": {"stage": "Pending", "percent": 0}}
+    assert types(step(obj, {"phase": "Running"}, placeholder, at(1))) == []
+    earlier = {"phase": "Running", "attemptHistory": [{"attempt": 2, "pod": "p2", "startTime": "2026-11-22T00:00:00Z"}],
+               "progress": {"stage": "Transcoding", "percent": 40, "updatedAt": "2026-11-21T23:59:00Z"}}
+    assert types(step(obj, {"phase": "Running"}, earlier, at(1))) == []
