@@ -439,7 +439,7 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     reason, message = "Pending", "waiting for the worker pod to start"
     previous = history.last_failure(attempt_log, round_)
     stalled_before = bool(previous and previous.get("failureClass") == "Stalled") and not current
-    if not current and previous:
+    if not current and previous and previous.get("counted"):
         reason = "RetryBackoff"
         message = f"attempt {previous['attempt']} failed ({previous.get('reason')}: {previous.get('message')})"
         message += f"; next attempt at {desired['nextAttemptTime']}" if in_backoff else "; retrying"
