@@ -164,6 +164,8 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
     create_if_absent(kube, secrets, storage_secret(cluster, "transkube-shim-storage"))
     create_if_absent(kube, secrets, {"apiVersion": "v1", "kind": "Secret",
                                      "metadata": {"name": "transkube-shim-api-keys"}, "stringData": {key_id: entry}})
+    # A reused cluster has the Secret from an earlier session: this session's key must be in it.
+    kube.merge_patch(f"{secrets}/transkube-shim-api-keys", {"stringData": {key_id: entry}})
     chart = Path(__file__).resolve().parents[2] / "charts" / "transkube"
     # Helm installs crds/ only on a first install; apply them so a reused cluster gets today's CRDs too.
     from transkube_dev import tools as dev_tools

@@ -18,6 +18,23 @@ DEFAULT_PROGRESS_INTERVAL = 2.0
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 
 
+def spec_from_env(env: Mapping[str, str]) -> TranscodeJobSpec:
+    """TRANSKUBE_SPEC, the resolved spec as JSON. Raises Internal when missing (an operator bug), Unsupported for a
+    spec this worker cannot read (e.g. a newer operator's field: retrying the same spec can never help)."""
+    raw_spec = env.get("TRANSKUBE_SPEC")
+    if not raw_spec:
+        raise Internal("TRANSKUBE_SPEC is not set")
+    try:
+        return TranscodeJobSpec.model_validate_json(raw_spec)
+    except ValidationError as exc:
+        raise Unsupported(f"TRANSKUBE_SPEC is not a valid TranscodeJob spec for this worker: "
+                          f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}") from exc
+
+
+def termination_log_from_env(env: Mapping[str, str]) -> Path:
+    return Path(env.get("TRANSKUBE_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     namespace: str
@@ -42,14 +59,7 @@ class WorkerConfig:
         name = env.get("TRANSKUBE_JOB_NAME", "")
         if writes and not (namespace and name):
             raise Internal("TRANSKUBE_JOB_NAMESPACE and TRANSKUBE_JOB_NAME are required for status writes")
-        raw_spec = env.get("TRANSKUBE_SPEC")
-        if not raw_spec:
-            raise Internal("TRANSKUBE_SPEC is not set")
-        try:
-            spec = TranscodeJobSpec.model_validate_json(raw_spec)
-        except ValidationError as exc:
-            raise Unsupported(f"TRANSKUBE_SPEC is not a valid TranscodeJob spec for this worker: "
-                              f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}") from exc
+        spec = spec_from_env(env)
         accelerator = env.get("TRANSKUBE_ACCELERATOR", "cpu")
         if accelerator not in ("cpu", "nvidia"):
             raise Internal(f"TRANSKUBE_ACCELERATOR must be cpu or nvidia, not {accelerator!r}")
@@ -68,7 +78,7 @@ class WorkerConfig:
             accelerator=cast(Literal["cpu", "nvidia"], accelerator),
             progress_interval=interval,
             scratch_dir=Path(scratch),
-            termination_log=Path(env.get("TRANSKUBE_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG),
+            termination_log=termination_log_from_env(env),
             status_writes=writes,
             limits=InputLimits.from_env(env),
         )

@@ -1,5 +1,6 @@
 """Entry point of `transkube-worker`: `transkube-worker run` executes one attempt of the TranscodeJob described
-by the environment (see config.py). Orchestration only; the decisions live in the other modules.
+by the environment (see config.py); `transkube-worker cleanup` removes what a killed attempt left behind
+(cleanup.py). Orchestration only; the decisions live in the other modules.
 
 Stages: Downloading -> Probing -> Transcoding -> Uploading -> Done. Exit 0 on success; on failure a JSON
 termination message {"reason", "message"} and the failure class's exit code (transkube_api.constants.ExitCode).
@@ -31,6 +32,7 @@ from transkube_api.models import (
 )
 
 from . import __version__
+from .cleanup import run_cleanup
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
 from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, WorkerError, termination_message
 from .faults import Fault, Stall, lookup_fault
@@ -479,11 +481,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the TranscodeJob described by the TRANSKUBE_* environment variables")
+    commands.add_parser("cleanup", help="remove the partial outputs of a killed attempt (incomplete multipart "
+                                        "uploads, objects written since TRANSKUBE_CLEANUP_SINCE)")
     args = parser.parse_args(argv)
-    if args.command != "run":
-        parser.print_help(sys.stderr)
-        return 2
-    return run(os.environ)
+    if args.command == "run":
+        return run(os.environ)
+    if args.command == "cleanup":
+        return run_cleanup(os.environ)
+    parser.print_help(sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
