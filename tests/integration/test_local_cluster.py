@@ -211,8 +211,9 @@ def test_missing_secret_leaves_container_waiting_with_config_error(kube: Kube, n
         statuses = kube.get(f"{ns}/pods/needs-secret")["status"].get("containerStatuses") or []
         return statuses[0]["state"].get("waiting") if statuses else None
 
-    state = wait_for("CreateContainerConfigError", waiting)
-    assert state["reason"] == "CreateContainerConfigError"
+    # The agent may first report ContainerCreating; the config error follows once it tried the Secret.
+    state = wait_for("CreateContainerConfigError",
+                     lambda: (w := waiting()) and w.get("reason") == "CreateContainerConfigError" and w)
     assert "absent" in state["message"]
     # Creating the secret lets the pod start, as with a real kubelet.
     kube.create(f"{ns}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "absent"},
