@@ -16,7 +16,7 @@ MAX_ENTRIES = 50
 REASON_STALLED = "Stalled"
 
 
-def _worker_terminated(pod: Obj) -> Obj | None:
+def worker_terminated(pod: Obj) -> Obj | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         if cs.get("name") == WORKER_CONTAINER:
             term = (cs.get("state") or {}).get("terminated")
@@ -32,7 +32,7 @@ def _disrupted(pod: Obj) -> bool:
 def ended(pod: Obj) -> Obj | None:
     """{exitCode, reason, message, finishTime} once the worker pod has finished, else None."""
     status = pod.get("status") or {}
-    term = _worker_terminated(pod)
+    term = worker_terminated(pod)
     if term is None:
         if status.get("phase") != "Failed":
             return None

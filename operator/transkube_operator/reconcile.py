@@ -23,7 +23,6 @@ from transkube_api.constants import (
     REASON_PRESET_NOT_FOUND,
     REASON_STALLED,
     ROLE_CLEANUP,
-    WORKER_CONTAINER,
     failure_category,
 )
 from transkube_api.models import TranscodeJobSpec
@@ -112,31 +111,12 @@ def _job_condition(job: Obj, kind: str) -> Obj | None:
     return None
 
 
-def _worker_terminated(pod: Obj) -> Obj | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == WORKER_CONTAINER:
-            term = (cs.get("state") or {}).get("terminated")
-            return dict(term) if term else None
-    return None
-
-
 def pod_failure(pod: Obj) -> tuple[str, str] | None:
     """(reason, message) of a failed worker pod, from its termination message or exit code."""
-    term = _worker_terminated(pod)
-    if not term:
-        status = pod.get("status") or {}
-        if status.get("phase") == "Failed":
-            return status.get("reason") or "PodFailed", status.get("message") or "the worker pod failed"
+    end = history.ended(pod)
+    if end is None or end["exitCode"] == 0:
         return None
-    code = int(term.get("exitCode", 0))
-    if code == 0:
-        return None
-    raw = (term.get("message") or "").strip()
-    try:
-        parsed = json.loads(raw)
-        return str(parsed["reason"]), str(parsed.get("message", ""))[:1024]
-    except (ValueError, KeyError, TypeError):
-        return REASON_BY_EXIT_CODE.get(code, "WorkerFailed"), (raw[-1024:] or f"worker exited with code {code}")
+    return str(end["reason"]), str(end["message"])
 
 
 def _by_creation(objs: list[Obj]) -> list[Obj]:
@@ -504,10 +484,10 @@ def _cleanup(tj: Obj, spec: TranscodeJobSpec, cfg: OperatorConfig, owner: Owner,
         return
     own_pods = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name]
     if _job_condition(job, "Complete"):
-        done = next((history.ended(p) for p in own_pods if (history.ended(p) or {}).get("exitCode") == 0), None)
-        raw = next((t.get("message") for p in own_pods if (t := _worker_terminated(p)) and t.get("exitCode") == 0),
-                   None)
-        message = _json_message(raw) or (done or {}).get("message") or "partial outputs removed"
+        # The cleanup's termination message says what it removed ({"reason": "Cleaned", "message": ...}).
+        raw = next((t.get("message") for p in own_pods
+                    if (t := history.worker_terminated(p)) and t.get("exitCode") == 0), None)
+        message = _json_message(raw) or "partial outputs removed"
         desired["cleanup"] = {**state, "state": "Succeeded", "completionTime": now_s, "message": message}
         events.append(Event("Normal", "CleanedUp", message))
     elif _job_condition(job, "Failed"):
