@@ -211,10 +211,12 @@ def test_missing_secret_leaves_container_waiting_with_config_error(kube: Kube, n
         statuses = kube.get(f"{ns}/pods/needs-secret")["status"].get("containerStatuses") or []
         return statuses[0]["state"].get("waiting") if statuses else None
 
-    # The agent may first report ContainerCreating; the config error follows once it tried the Secret.
-    state = wait_for("CreateContainerConfigError",
-                     lambda: (w := waiting()) and w.get("reason") == "CreateContainerConfigError" and w)
-    assert "absent" in state["message"]
+    # The agent may first report ContainerCreating, or a config error about the namespace's kube-root-ca.crt
+    # ConfigMap (its publisher is still creating it in this fresh namespace); then it names the Secret.
+    state = wait_for("CreateContainerConfigError naming the Secret",
+                     lambda: (w := waiting()) and w.get("reason") == "CreateContainerConfigError"
+                     and "absent" in w.get("message", "") and w)
+    assert state["reason"] == "CreateContainerConfigError"
     # Creating the secret lets the pod start, as with a real kubelet.
     kube.create(f"{ns}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "absent"},
                                   "stringData": {"k": "v"}})
