@@ -264,6 +264,7 @@ def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str, uid:
     if event.get("type") == "DELETED":
         metrics.observe_phase(uid, None)
         _locks.pop((namespace or "", name), None)
+        _admission_poke.set()  # a deleted job may have held a slot
         return
     reconcile(namespace, name, logger)
 
