@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from transkube_api.constants import REASON_BY_EXIT_CODE, WORKER_CONTAINER, ExitCode
+from transkube_api.constants import REASON_BY_EXIT_CODE, REASON_STALLED, WORKER_CONTAINER, ExitCode
 
 Obj = dict[str, Any]
 MAX_ENTRIES = 50
-REASON_STALLED = "Stalled"
 
 
 def worker_terminated(pod: Obj) -> Obj | None:

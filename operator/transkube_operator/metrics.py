@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
+from transkube_api.models import FailureCategory, Phase
 
-PHASES = ("Queued", "Pending", "Running", "Succeeded", "Failed", "Cancelled", "Suspended")
+PHASES: tuple[str, ...] = get_args(Phase)
 
 JOBS = Gauge("transkube_transcodejobs", "TranscodeJobs known to this operator, by phase.", ["phase"])
 DURATION = Histogram(
@@ -139,8 +140,7 @@ QUOTA_REFUSALS = Counter("transkube_quota_refusals_total", "TranscodeJobs refuse
 STALLS = Counter("transkube_stalled_attempts_total", "Attempts killed by the stall watchdog.")
 WEBHOOK_DELIVERIES = Counter("transkube_webhook_deliveries_total", "Webhook POSTs made (or refused before "
                              "connecting), by result reason.", ["result"])
-FAILURE_CATEGORIES = ("BadInput", "Unsupported", "Config", "Quality", "Transient", "Internal", "Stalled", "Timeout",
-                      "Quota")
+FAILURE_CATEGORIES: tuple[str, ...] = get_args(FailureCategory)
 
 
 def record_queue(queued: dict[str, int], running: dict[str, int], capacity: dict[str, int],

@@ -14,21 +14,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from transkube_api.constants import REASON_QUOTA_EXCEEDED
+
 from .config import Scheduling
+from .reconcile import TERMINAL, parse_time
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
 REASON_POOL_CAPACITY = "PoolCapacity"
 REASON_NAMESPACE_CONCURRENCY = "NamespaceConcurrency"
-REASON_QUOTA_EXCEEDED = "QuotaExceeded"
 DAY = dt.timedelta(days=1)
-
-
-def _time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -59,14 +54,14 @@ def entry_of(tj: Obj) -> Entry:
     status = tj.get("status") or {}
     queue = status.get("queue") or {}
     phase = status.get("phase")
-    created = _time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC)
+    created = parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC)
     active = phase not in TERMINAL and not spec.get("cancel")
     admitted = bool(queue.get("admittedTime"))
     suspended = bool(spec.get("suspend"))
     return Entry(
         namespace=meta["namespace"], name=meta["name"], pool=queue.get("pool"),
         priority=int(spec.get("priority") or 0), created=created,
-        enqueued=_time(queue.get("enqueuedTime")) or created, admitted=admitted,
+        enqueued=parse_time(queue.get("enqueuedTime")) or created, admitted=admitted,
         holds_capacity=active and admitted and not suspended,
         waiting=active and not admitted and not suspended and phase == "Queued" and bool(queue.get("pool")),
         position=queue.get("position"), reason=queue.get("reason"),
