@@ -62,11 +62,18 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, str, str]] = []
+        # The earliest wake-up pending per job: every progress write re-plans a stall deadline, and one
+        # wake-up per job is enough (the reconcile it runs plans the next one).
+        self._due: dict[tuple[str, str], float] = {}
         self._cond = threading.Condition()
 
     def at(self, when: dt.datetime, namespace: str, name: str) -> None:
+        at, key = when.timestamp(), (namespace, name)
         with self._cond:
-            heapq.heappush(self._heap, (when.timestamp(), namespace, name))
+            if key in self._due and self._due[key] <= at:
+                return
+            self._due[key] = at
+            heapq.heappush(self._heap, (at, namespace, name))
             self._cond.notify()
 
     def run(self) -> None:
@@ -74,7 +81,10 @@ class Wakeups:
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.time():
                     self._cond.wait(timeout=None if not self._heap else max(0.0, self._heap[0][0] - time.time()))
-                _, namespace, name = heapq.heappop(self._heap)
+                at, namespace, name = heapq.heappop(self._heap)
+                if self._due.get((namespace, name)) != at:
+                    continue  # superseded by an earlier wake-up, which already ran
+                del self._due[(namespace, name)]
             try:
                 reconcile(namespace, name, logging.getLogger("transkube.wakeup"))
             except Exception:  # the resync timer retries; keep the thread alive
@@ -180,12 +190,16 @@ def deliver_due(k: Kube, tj: dict[str, Any], status: dict[str, Any], logger: Log
     """POSTs the webhook deliveries that are due, recording each result in status right after it."""
     meta = tj["metadata"]
     subs = {w["name"]: w for w in (tj.get("spec") or {}).get("webhooks") or []}
+    secrets: dict[tuple[str, str], str | None] = {}  # one read per Secret key per pass, however many are due
     for entry in webhooks.due(status, dt.datetime.now(dt.UTC)):
         sub = subs.get(entry["webhook"])
         if sub is None:
             continue
         ref = sub.get("secretRef") or {}
-        secret = k.secret_value(meta["namespace"], ref.get("name", ""), ref.get("key") or "secret")
+        where = (ref.get("name", ""), ref.get("key") or "secret")
+        if where not in secrets:
+            secrets[where] = k.secret_value(meta["namespace"], *where)
+        secret = secrets[where]
         now = dt.datetime.now(dt.UTC)
         if secret is None:
             patch = webhooks.record_failure(status, entry["id"], "SecretNotFound",
