@@ -56,8 +56,9 @@ def parse_s3_uri(uri: str) -> S3Location:
     if not slash or not key:
         raise S3UriError("the object key is empty: expected s3://bucket/key")
     if (bad := _CONTROL.search(key)) is not None:
-        raise S3UriError(f"the object key contains a control character (U+{ord(bad.group()):04X} at position "
-                         f"{len(SCHEME) + len(bucket) + 1 + bad.start()})")
+        at = len(SCHEME) + len(bucket) + 1 + bad.start() + 1
+        raise S3UriError(f"the object key contains a control character (U+{ord(bad.group()):04X}, character {at} "
+                         "of the URI)")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in key):
         raise S3UriError("the object key is not valid Unicode (it has a lone surrogate)")
     if len(uri) > MAX_URI_LENGTH:
