@@ -185,8 +185,9 @@ class UploadRequest(ApiModel):
         default=None, description="Total size in bytes, if known: the answer then says how many parts to send.")
     part_size: Annotated[int, Field(ge=5 * 1024**2, le=5 * 1024**3)] | None = Field(
         default=None, description="Bytes per part (every part but the last); at least 5 MiB, as S3 requires.")
-    content_type: Annotated[str, Field(max_length=255)] | None = Field(default=None,
-                                                                       description="The object's Content-Type.")
+    # A header value: visible ASCII and spaces (a control character would make the S3 request fail, a 5xx).
+    content_type: Annotated[str, Field(max_length=255, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")] | None = Field(
+        default=None, description="The object's Content-Type (visible ASCII).")
 
 
 class Upload(ApiModel):
