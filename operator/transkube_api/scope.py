@@ -81,7 +81,10 @@ class ScopeEntry:
         unknown = set(raw) - {"unconfined", "prefixes", "readOnlyPrefixes"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)} (unconfined, prefixes, readOnlyPrefixes)")
-        entry = cls(bool(raw.get("unconfined", False)), tuple(str(p) for p in raw.get("prefixes") or ()),
+        unconfined = raw.get("unconfined", False)
+        if not isinstance(unconfined, bool):  # the admission policy reads only "true" as true
+            raise ValueError(f"{where}: unconfined must be true or false, not {unconfined!r}")
+        entry = cls(unconfined, tuple(str(p) for p in raw.get("prefixes") or ()),
                     tuple(str(p) for p in raw.get("readOnlyPrefixes") or ()))
         for p in entry.prefixes + entry.read_only_prefixes:  # fail at startup, not on the first job
             try:

@@ -150,6 +150,8 @@ def test_scope_maps_default_listed_unconfined_and_placeholders() -> None:
     assert confined.scope_for("admin") is None
     with pytest.raises(ValueError, match="unknown keys"):
         ScopeMap.from_wire({"namespace": {}}, NAMESPACE_PLACEHOLDER, "namespaces")
+    with pytest.raises(ValueError, match="unconfined must be true or false"):
+        ScopeMap.from_wire({"namespaces": {"x": {"unconfined": "yes"}}}, NAMESPACE_PLACEHOLDER, "namespaces")
     with pytest.raises(ValueError, match=r"namespaces\.x"):
         ScopeMap.from_wire({"namespaces": {"x": {"prefixes": ["http://nope"]}}}, NAMESPACE_PLACEHOLDER,
                            "namespaces")
