@@ -22,7 +22,15 @@ from transkube_api.constants import GROUP, PLURAL, VERSION
 
 from . import sse
 from .render import fold_event, shim_job_to_cr
-from .spec import SubmitRequest, retry_patch, retry_precondition, retry_refusal, split_s3_uri
+from .spec import (
+    SubmitRequest,
+    local_name,
+    local_relative,
+    retry_patch,
+    retry_precondition,
+    retry_refusal,
+    split_s3_uri,
+)
 
 Obj = dict[str, Any]
 Progress = Callable[[int], None]  # bytes transferred since the last call
@@ -249,8 +257,8 @@ class KubeBackend:
     def download(self, job: Obj, output: Obj, target: Path, progress: Progress) -> list[Path]:
         uri = str(output["uri"])
         bucket, key = split_s3_uri(uri)
-        keys = [(key + f, Path(str(output["name"])) / f) for f in output.get("files") or []] if uri.endswith("/") \
-            else [(key, Path(Path(key).name))]
+        keys = [(key + f, Path(str(output["name"])) / local_relative(f)) for f in output.get("files") or []] \
+            if uri.endswith("/") else [(key, Path(local_name(key, str(output["name"]))))]
         written = []
         for k, rel in keys:
             dest = target / rel
@@ -396,7 +404,7 @@ class ShimBackend:
             raise CliError(f"output {out} is a set of objects under {output['uri']}; the shim presigns single "
                            "files only (use the direct backend to download it)", 5)
         link = self._request("GET", f"/api/v1/jobs/{name}/outputs/{out}/url", f"output {out}").json()
-        dest = target / Path(str(output["uri"])).name
+        dest = target / local_name(split_s3_uri(str(output["uri"]))[1], out)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             with requests.get(link["url"], stream=True, timeout=(10, 300)) as resp:

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from transkube_api.constants import API_VERSION, KIND
-from transkube_api.models import DEFAULT_CODECS, S3_URI_PATTERN, TranscodeJobSpec
+from transkube_api.models import DEFAULT_CODECS, TranscodeJobSpec
+from transkube_api.s3uri import S3UriError, parse_s3_uri
 
 from .render import manual_retry, retry_pending
 
@@ -87,11 +88,28 @@ def parse_output(text: str, index: int = 0) -> Obj:
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """s3://bucket/some/key -> ("bucket", "some/key")."""
-    if not re.fullmatch(S3_URI_PATTERN, uri):
-        raise SpecError(f"expected s3://bucket/key, got {uri!r}", "uri")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
+    """s3://bucket/some/key -> ("bucket", "some/key"), the key taken literally (transkube_api.s3uri)."""
+    try:
+        loc = parse_s3_uri(uri)
+    except S3UriError as exc:
+        raise SpecError(str(exc), "uri") from exc
+    return loc.bucket, loc.key
+
+
+def local_name(key: str, fallback: str = "download") -> str:
+    """The file name a downloaded object gets: the key's last segment as it is (spaces, unicode, ...), or
+    `fallback` when that is empty, '.' or '..' (which would name a directory, not a new file)."""
+    name = key.rsplit("/", 1)[-1]
+    return fallback if name in ("", ".", "..") else name
+
+
+def local_relative(rel: str) -> PurePosixPath:
+    """A file of a multi-file output (status.outputs[].files, relative to its prefix) -> where it goes under the
+    output's directory; SpecError for a name that would leave it (absolute, '..', empty segments)."""
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") for p in parts):
+        raise SpecError(f"refusing to write {rel!r} outside the output's directory", "files")
+    return PurePosixPath(*parts)
 
 
 def default_output_name(uri: str, index: int = 0) -> str:

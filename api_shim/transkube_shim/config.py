@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transkube_api.scope import TENANT_PLACEHOLDER, ScopeEntry, ScopeMap
+
 MIB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MIB  # S3 rejects smaller parts (except the last one)
 S3_MAX_PART_SIZE = 5 * 1024 * MIB
@@ -43,6 +45,20 @@ def pool_capacities(raw: str | None) -> dict[str, int]:
         return {str(name): int(pool["capacity"]) for name, pool in (scheduling.get("pools") or {}).items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"TRANSKUBE_SCHEDULING is not valid scheduling JSON: {exc}") from exc
+
+
+def default_scope(bucket: str) -> ScopeEntry:
+    """A tenant's own prefix in the upload bucket, when the configuration names no default."""
+    return ScopeEntry(prefixes=(f"s3://{bucket}/{TENANT_PLACEHOLDER}/",))
+
+
+def parse_storage_scope(raw: str | None, bucket: str) -> ScopeMap | None:
+    if not raw:
+        return None
+    try:
+        return ScopeMap.from_wire(json.loads(raw), TENANT_PLACEHOLDER, "tenants", default_scope(bucket))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"TRANSKUBE_SHIM_STORAGE_SCOPE is not valid: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -89,9 +105,15 @@ class ShimConfig:
     list_default_limit: int = 50
     list_max_limit: int = 500
     shutdown_timeout_seconds: float = 10.0
+    # Which storage each tenant may name (TRANSKUBE_SHIM_STORAGE_SCOPE: {"default": {...}, "tenants": {...}}, see
+    # docs/shim.md); None: every tenant only its own s3://<upload bucket>/<tenant>/ (and its upload area).
+    storage_scope: ScopeMap | None = None
     # The operator's pools (TRANSKUBE_SCHEDULING, the same JSON the operator reads): name -> capacity, for
     # GET /stats. Empty: capacities are not reported.
     pool_capacities: dict[str, int] = field(default_factory=dict)
+
+    def scopes(self) -> ScopeMap:
+        return self.storage_scope or ScopeMap(TENANT_PLACEHOLDER, default_scope(self.upload_bucket))
 
     def tier(self, name: str | None) -> Tier:
         return self.tiers.get(name or self.default_tier) or self.tiers[self.default_tier]
@@ -110,6 +132,7 @@ class ShimConfig:
         tiers = dict(base.tiers)
         if raw_tiers := opt("TIERS"):
             tiers = {name: Tier(**spec) for name, spec in json.loads(raw_tiers).items()}
+        upload_bucket = get("UPLOAD_BUCKET", base.upload_bucket)
         rs256 = opt("JWT_RS256_PUBLIC_KEY")
         if rs256 and not rs256.lstrip().startswith("-----BEGIN"):
             rs256 = Path(rs256).read_text()  # a path to the PEM file
@@ -134,7 +157,7 @@ class ShimConfig:
             s3_region=e.get("TRANSKUBE_S3_REGION", base.s3_region),
             s3_access_key_id=e.get("AWS_ACCESS_KEY_ID") or None,
             s3_secret_access_key=e.get("AWS_SECRET_ACCESS_KEY") or None,
-            upload_bucket=get("UPLOAD_BUCKET", base.upload_bucket),
+            upload_bucket=upload_bucket,
             upload_prefix=get("UPLOAD_PREFIX", base.upload_prefix),
             upload_part_size=max(S3_MIN_PART_SIZE, int(get("UPLOAD_PART_SIZE", str(base.upload_part_size)))),
             upload_url_ttl_seconds=int(get("UPLOAD_URL_TTL_SECONDS", str(base.upload_url_ttl_seconds))),
@@ -148,4 +171,5 @@ class ShimConfig:
             cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS", "").split(",") if o.strip()),
             shutdown_timeout_seconds=float(get("SHUTDOWN_TIMEOUT_SECONDS", str(base.shutdown_timeout_seconds))),
             pool_capacities=pool_capacities(e.get("TRANSKUBE_SCHEDULING")),
+            storage_scope=parse_storage_scope(opt("STORAGE_SCOPE"), upload_bucket),
         )

@@ -4,6 +4,7 @@ validation errors, Kubernetes API errors and aiohttp's HTTP exceptions."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,12 +80,32 @@ def from_kube_error(status: int, body: str | bytes | None) -> ApiError:
         if status == 409 and parsed.get("reason") == "AlreadyExists":
             code = "already_exists"
         return ApiError(http, code, message or code.replace("_", " "))
+    if status == 403 and (denied := _policy_denial(message)) is not None:
+        return denied
     if status in (401, 403):
         return ApiError(502, "upstream_unauthorized", "the shim's Kubernetes credentials were refused")
     if status == 429:
         return ApiError(503, "upstream_busy", "the Kubernetes API server is busy; retry shortly",
                         headers={"Retry-After": "1"})
     return ApiError(502, "upstream_error", f"the Kubernetes API server answered {status}")
+
+
+_POLICY_DENIED = re.compile(r"ValidatingAdmissionPolicy '[^']*' with binding '[^']*' denied request: (?P<why>.*)$",
+                            re.DOTALL)
+_SCOPE_FIELD = re.compile(r"^spec\.(?P<field>[^:\s]+): .* is outside what namespace ")
+
+
+def _policy_denial(message: str) -> ApiError | None:
+    """An admission policy refused the request: the storage-scope policy (the namespace's limits are narrower
+    than the tenant's in the shim's own configuration) is a 403 uri_forbidden naming the field, any other
+    policy a 403 admission_denied. Not the shim's credentials: those are refused without a policy's name."""
+    match = _POLICY_DENIED.search(message)
+    if match is None:
+        return None
+    why = match["why"]
+    if (scope := _SCOPE_FIELD.match(why)) is not None:
+        return ApiError(403, "uri_forbidden", why.removeprefix("spec."), scope["field"])
+    return ApiError(403, "admission_denied", why)
 
 
 def from_http_status(status: int, reason: str) -> ApiError:

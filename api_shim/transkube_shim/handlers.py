@@ -13,6 +13,7 @@ from transkube_api.models import TranscodeJobSpec
 
 from . import jobs, presets, quotas, sse
 from .auth import Identity
+from .confine import confine_spec, confine_upload, confine_uri
 from .docs_page import DOCS_CSP, DOCS_HTML, DOCS_JS
 from .errors import ApiError, from_validation_error
 from .jobs import Obj
@@ -25,7 +26,7 @@ from .models import (
 )
 from .openapi import document
 from .state import CACHE, CONFIG, KUBE, METRICS, SHUTTING_DOWN, STORAGE, identity
-from .storage import decode_upload_id, part_plan, tenant_prefix
+from .storage import decode_upload_id, part_plan
 
 M = TypeVar("M", bound=BaseModel)
 RETRY_PATCH_ATTEMPTS = 3  # re-reads after a stale cached copy made the guarded patch's test fail
@@ -71,14 +72,18 @@ async def create_job(request: web.Request) -> web.Response:
     if spec.manual_retry:  # a retry count only POST /retry may raise; the operator would read it as one pending
         raise ApiError(422, "validation_error", "manualRetry must be 0 at creation; use POST /jobs/{name}/retry",
                        "manualRetry")
-    return await _create(request, identity(request), spec, via="spec")
+    ident = identity(request)
+    confine_spec(request.app[CONFIG], ident.tenant, spec)
+    return await _create(request, ident, spec, via="spec")
 
 
 async def create_job_from_preset(request: web.Request) -> web.Response:
     body = await read_model(request, PresetJobRequest)
+    ident = identity(request)
     name = request.match_info["preset"]
     spec = presets.build_spec(name, await presets.get_preset(request.app[KUBE], name), body)
-    return await _create(request, identity(request), spec, via="preset")
+    confine_spec(request.app[CONFIG], ident.tenant, spec, presets.request_path)
+    return await _create(request, ident, spec, via="preset")
 
 
 def _replay(existing: Obj, spec: TranscodeJobSpec) -> web.Response:
@@ -227,6 +232,8 @@ async def output_url(request: web.Request) -> web.Response:
             raise ApiError(409, "output_not_ready", f"output {output!r} has not been written yet")
         raise ApiError(404, "not_found", f"job has no output named {output!r}")
     uri = str(written[output]["uri"])
+    # Also a job someone created in the tenant's namespace with kubectl: the shim presigns only the tenant's own.
+    confine_uri(request.app[CONFIG], ident.tenant, uri, "output", "read")
     if uri.endswith("/"):
         raise ApiError(422, "output_is_prefix", f"output {output!r} is a set of objects under {uri}, not one file")
     url, expires = storage.download_url(uri, ttl)
@@ -236,7 +243,9 @@ async def output_url(request: web.Request) -> web.Response:
 # ---- uploads ----------------------------------------------------------------------------------------------
 
 def _upload(request: web.Request, ident: Identity) -> tuple[str, str]:
-    return decode_upload_id(request.match_info["upload_id"], tenant_prefix(request.app[CONFIG], ident.tenant))
+    key, upload_id = decode_upload_id(request.match_info["upload_id"])
+    confine_upload(request.app[CONFIG], ident.tenant, key, "upload_id")
+    return key, upload_id
 
 
 async def create_upload(request: web.Request) -> web.Response:

@@ -4,12 +4,12 @@ from this module."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from transkube_api.models import (
     NAME_PATTERN,
-    S3_URI_PATTERN,
     AcceleratorSpec,
     ApiModel,
     FailureCategory,
@@ -21,6 +21,8 @@ from transkube_api.models import (
     TranscodePresetSpec,
     WebhookSpec,
 )
+from transkube_api.s3uri import CONTROL_CHARS, S3Uri
+from transkube_api.scope import has_dot_segment
 
 StatusFilter = Literal["queued", "pending", "running", "suspended", "succeeded", "failed", "cancelled"]
 
@@ -81,7 +83,7 @@ class PresetJobRequest(ApiModel):
     operator merges the preset into the output by its rule (docs/api.md, "Presets")."""
 
     input: InputSpec = Field(description="The source media.")
-    output_uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
+    output_uri: S3Uri = Field(
         description="Where the output is written, as s3://bucket/key.")
     output_name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] | None = Field(
         default=None, description="Name of the output; defaults to the preset's name.")
@@ -159,15 +161,33 @@ class DownloadUrl(ApiModel):
     expires_at: str = Field(description="When the URL stops working (RFC 3339).")
 
 
+# One path segment of an object key: any characters but '/' and control characters (transkube_api.s3uri).
+FILENAME_PATTERN = rf"^[^/{CONTROL_CHARS}]+$"
+
+
+def _one_segment(name: str) -> str:
+    if "/" in name:
+        raise ValueError("a file name has no '/': it is one segment of the object key")
+    if re.search(f"[{CONTROL_CHARS}]", name):
+        raise ValueError("a file name has no control characters")
+    if has_dot_segment(name):
+        raise ValueError("a file name may not be '.' or '..' (also percent-encoded, or between backslashes): "
+                         "storage servers may resolve it")
+    return name
+
+
 class UploadRequest(ApiModel):
-    filename: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
-        description="The file's name; it ends the object key.")
+    filename: Annotated[str, Field(min_length=1, max_length=255, json_schema_extra={"pattern": FILENAME_PATTERN}),
+                        AfterValidator(_one_segment)] = Field(
+        description="The file's name, as people name files (spaces, unicode, + & # % = ...); it ends the object "
+                    "key, taken literally. No '/', no control characters, not '.' or '..'.")
     size: Annotated[int, Field(ge=1, le=5 * 1024**4)] | None = Field(
         default=None, description="Total size in bytes, if known: the answer then says how many parts to send.")
     part_size: Annotated[int, Field(ge=5 * 1024**2, le=5 * 1024**3)] | None = Field(
         default=None, description="Bytes per part (every part but the last); at least 5 MiB, as S3 requires.")
-    content_type: Annotated[str, Field(max_length=255)] | None = Field(default=None,
-                                                                       description="The object's Content-Type.")
+    # A header value: visible ASCII and spaces (a control character would make the S3 request fail, a 5xx).
+    content_type: Annotated[str, Field(max_length=255, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")] | None = Field(
+        default=None, description="The object's Content-Type (visible ASCII).")
 
 
 class Upload(ApiModel):

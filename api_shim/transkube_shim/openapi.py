@@ -34,6 +34,8 @@ ERROR = ref("Error")
 _ERRORS: dict[str, str] = {
     "400": "Malformed request (bad JSON, parameter or continue token).",
     "401": "No valid API key or bearer token.",
+    "403": "uri_forbidden: a URI (or upload id, or the output to presign) outside your tenant's storage; "
+           "error.field names it. Also tenant_not_provisioned.",
     "404": "No such job, output or upload in your tenant.",
     "413": "Request body too large.",
     "422": "The body failed validation; error.field names the field.",

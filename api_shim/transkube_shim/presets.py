@@ -55,6 +55,15 @@ def request_field(loc: Sequence[int | str]) -> str:
     return f"overrides.{path}" if path else "overrides"
 
 
+def request_path(spec_field: str) -> str:
+    """A field of the spec build_spec makes (input.uri, outputs[0].filters.watermark.uri) -> the request field it
+    came from (input.uri, overrides.filters.watermark.uri)."""
+    head = "outputs[0]."
+    if not spec_field.startswith(head):
+        return spec_field
+    return request_field(spec_field[len(head):].split("."))
+
+
 def _output_error(exc: ValidationError) -> ApiError:
     """A validation error of the job's output -> 422 naming the request field. An output-level rule (no
     location of its own) is named by the rule's fieldPath, as the API server would name it."""

@@ -18,18 +18,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from transkube_api.s3uri import S3UriError, parse_s3_uri
 
 from .config import S3_MAX_PARTS, S3_MIN_PART_SIZE, ShimConfig
 from .errors import ApiError
 
 log = logging.getLogger("transkube_shim.storage")
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ApiError(422, "invalid_uri", f"not an s3://bucket/key URI: {uri}")
-    bucket, key = uri[5:].split("/", 1)
-    return bucket, key
 
 
 def iso(t: datetime) -> str:
@@ -45,8 +39,9 @@ def encode_upload_id(key: str, s3_upload_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_upload_id(token: str, prefix: str) -> tuple[str, str]:
-    """-> (key, S3 UploadId); 404 for anything not issued to this tenant (S3 itself checks the pair)."""
+def decode_upload_id(token: str) -> tuple[str, str]:
+    """-> (key, S3 UploadId); 404 for a token that is not one; whose key it is the caller checks
+    (confine.confine_upload), and S3 itself checks the pair."""
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, upload_id = raw["k"], raw["u"]
@@ -54,8 +49,6 @@ def decode_upload_id(token: str, prefix: str) -> tuple[str, str]:
             raise ValueError(token)
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise ApiError(404, "not_found", "no such upload") from exc
-    if not key.startswith(prefix) or ".." in key.split("/"):
-        raise ApiError(404, "not_found", "no such upload")
     return key, upload_id
 
 
@@ -120,8 +113,12 @@ class Storage:
         return ttl
 
     def download_url(self, uri: str, ttl: int) -> tuple[str, str]:
-        bucket, key = split_uri(uri)
-        url = self.presigner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+        """A presigned GET of the object; the key goes to S3 exactly as written (boto3 encodes it)."""
+        try:
+            loc = parse_s3_uri(uri)
+        except S3UriError as exc:
+            raise ApiError(422, "invalid_uri", f"{uri!r}: {exc}") from exc
+        url = self.presigner.generate_presigned_url("get_object", Params={"Bucket": loc.bucket, "Key": loc.key},
                                                     ExpiresIn=ttl)
         return url, iso(datetime.now(UTC) + timedelta(seconds=ttl))
 

@@ -23,7 +23,9 @@ SCHEMA_PATH = CHART / "values.schema.json"
 # Objects whose keys are the user's (label selectors, annotations, resource lists, ...).
 OPEN_MAPS = {"nodeSelector", "annotations", "affinity", "podAnnotations", "resources.requests", "resources.limits",
              # Maps keyed by the platform team's own names: pools, per-namespace quotas.
-             "scheduling.pools", "scheduling.quotas", "scheduling.defaultQuota"}
+             "scheduling.pools", "scheduling.quotas", "scheduling.defaultQuota",
+             # Storage confinement: per-namespace and per-tenant entries.
+             "storageScope.namespaces", "storageScope.tenants"}
 # Lists of objects we don't constrain further (tolerations, NetworkPolicy peers).
 FREE_LISTS = {"tolerations", "from"}
 # Numbers whose integer default doesn't make them integers (fractional seconds; `--set-json key=0.5`).

@@ -88,6 +88,9 @@ REASON_QUOTA_EXCEEDED = "QuotaExceeded"
 REASON_POOL_NOT_FOUND = "PoolNotFound"
 REASON_POOL_MISMATCH = "PoolMismatch"
 REASON_STALLED = "Stalled"
+# The spec names an S3 URI outside what its namespace may use (storage confinement, transkube_api.scope): the
+# operator fails the job before it creates a Job, for clusters without the admission policy.
+REASON_URI_FORBIDDEN = "UriForbidden"
 
 # status.failureCategory of a Failed job, by its reason; anything not listed is Internal.
 CATEGORY_BY_REASON: dict[str, str] = {
@@ -97,6 +100,7 @@ CATEGORY_BY_REASON: dict[str, str] = {
     REASON_STORAGE_ACCESS_DENIED: "Config", REASON_OUTPUT_BUCKET_NOT_FOUND: "Config",
     REASON_PRESET_NOT_FOUND: "Config", REASON_INVALID_PRESET: "Config", "InvalidSpec": "Config",
     REASON_POOL_NOT_FOUND: "Config", REASON_POOL_MISMATCH: "Config", "CreateContainerConfigError": "Config",
+    REASON_URI_FORBIDDEN: "Config",
     REASON_QUALITY_BELOW_THRESHOLD: "Quality",
     "TransientError": "Transient", REASON_TERMINATED: "Transient", REASON_TRANSCODEJOB_DELETED: "Transient",
     REASON_STALLED: "Stalled",

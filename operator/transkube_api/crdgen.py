@@ -30,6 +30,7 @@ from .constants import (
     VERSION,
 )
 from .models import IMMUTABLE_EXCEPT, TranscodeJobSpec, TranscodeJobStatus, TranscodePresetSpec
+from .scope import admission_policy
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIRS = (REPO / "crds", REPO / "charts" / "transkube" / "crds")
@@ -37,6 +38,8 @@ CRD_FILE = f"{PLURAL}.{GROUP}.yaml"
 PRESET_CRD_FILE = f"{PRESET_PLURAL}.{GROUP}.yaml"
 CRD_PATHS = tuple(d / CRD_FILE for d in CRD_DIRS)
 PRESET_CRD_PATHS = tuple(d / PRESET_CRD_FILE for d in CRD_DIRS)
+# The storage-scope ValidatingAdmissionPolicy's spec; the chart's template wraps it (.Files.Get).
+POLICY_PATH = REPO / "charts" / "transkube" / "files" / "storage-scope-policy.yaml"
 
 _DROP = {"title", "additionalProperties", "$defs"}
 
@@ -202,10 +205,16 @@ def render_preset() -> str:
     return HEADER + yaml.safe_dump(preset_crd(), sort_keys=False, width=120)
 
 
+def render_policy() -> str:
+    max_outputs = int(TranscodeJobSpec.model_json_schema(by_alias=True)["properties"]["outputs"]["maxItems"])
+    return (HEADER.replace("models.py", "scope.py") +
+            yaml.safe_dump(admission_policy(max_outputs), sort_keys=False, width=100))
+
+
 def rendered() -> dict[Path, str]:
     """Every generated file and its content."""
     job, preset = render(), render_preset()
-    return {**{p: job for p in CRD_PATHS}, **{p: preset for p in PRESET_CRD_PATHS}}
+    return {**{p: job for p in CRD_PATHS}, **{p: preset for p in PRESET_CRD_PATHS}, POLICY_PATH: render_policy()}
 
 
 def main(argv: list[str] | None = None) -> int:

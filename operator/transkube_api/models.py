@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/[^\s]+$"
+from .s3uri import S3Uri
+
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 BITRATE_PATTERN = r"^[1-9][0-9]*(\.[0-9]+)?[kM]$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
@@ -73,8 +74,8 @@ class SecretReference(ApiModel):
 
 
 class InputSpec(ApiModel):
-    uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN,
-                              description="The source object, as s3://bucket/key.")]
+    uri: S3Uri = Field(description="The source object, as s3://bucket/key (the key taken literally; see "
+                                   "docs/api.md, \"Object URIs\").")
     credentials_secret_ref: SecretReference | None = Field(
         default=None,
         description="Secret whose keys are exported to the worker as environment variables: "
@@ -345,7 +346,7 @@ WatermarkPosition = Literal["top-left", "top-right", "bottom-left", "bottom-righ
 
 
 class WatermarkSpec(ApiModel):
-    uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
+    uri: S3Uri = Field(
         description="The watermark image (PNG with alpha, JPEG or WebP), as s3://bucket/key; read with the input's "
                     "credentials.")
     position: WatermarkPosition = Field(
@@ -558,7 +559,7 @@ class OutputSpec(OutputSettings):
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] = Field(
         description="Name of this output, unique within the job; status.outputs uses it.")
-    uri: Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)] = Field(
+    uri: S3Uri = Field(
         description="Where the output is written: s3://bucket/key for file and poster outputs, a prefix "
                     "s3://bucket/path/ (ending in /) for hls, dash, thumbnails and sprite outputs.")
     preset: Annotated[str, Field(min_length=1, max_length=253, pattern=PRESET_NAME_PATTERN)] | None = Field(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transkube_api.constants import LIMIT_DEFAULTS
+from transkube_api.scope import NAMESPACE_PLACEHOLDER, ScopeMap
 
 
 def _env(name: str, default: str) -> str:
@@ -121,6 +122,8 @@ class OperatorConfig:
     # Delete finished TranscodeJobs this long after completion (0: keep them); spec.ttlSecondsAfterFinished wins.
     finished_retention_seconds: int = 0
     webhooks: Webhooks = field(default_factory=Webhooks)
+    # Which S3 prefixes each namespace's jobs may name (chart: storageScope); unconfined by default.
+    storage_scope: ScopeMap = field(default_factory=lambda: ScopeMap(NAMESPACE_PLACEHOLDER))
     # Test-only: let the worker read the transkube.dev/fault-injection annotation. Never on in production.
     fault_injection: bool = False
 
@@ -156,5 +159,7 @@ class OperatorConfig:
             finished_retention_seconds=int(_env("TRANSKUBE_FINISHED_RETENTION_SECONDS",
                                                 str(base.finished_retention_seconds))),
             webhooks=Webhooks.from_wire(json.loads(_env("TRANSKUBE_WEBHOOKS", "{}"))),
+            storage_scope=ScopeMap.from_wire(json.loads(_env("TRANSKUBE_STORAGE_SCOPE", "{}")),
+                                             NAMESPACE_PLACEHOLDER, "namespaces"),
             fault_injection=_env("TRANSKUBE_FAULT_INJECTION", "false").lower() == "true",
         )

@@ -22,11 +22,13 @@ from transkube_api.constants import (
     REASON_POOL_NOT_FOUND,
     REASON_PRESET_NOT_FOUND,
     REASON_STALLED,
+    REASON_URI_FORBIDDEN,
     ROLE_CLEANUP,
     failure_category,
 )
 from transkube_api.models import TranscodeJobSpec
 from transkube_api.presets import PresetError, resolve_output
+from transkube_api.scope import check_spec
 
 from . import conditions, history
 from .config import OperatorConfig
@@ -265,6 +267,17 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         events.append(Event("Normal", "Cancelled", "spec.cancel is true: the Job and its pods are being deleted"))
         return _finish(tj, Plan(phase="Cancelled", actions=actions, events=events), desired, "Cancelled",
                        "Cancelled", "cancelled as requested by spec.cancel", now_s)
+
+    if job is None:
+        # Storage confinement, re-checked before any Job exists (clusters without the admission policy, or a
+        # mapping changed since the job was admitted). The spec as written: a preset's own URIs (a watermark)
+        # are the cluster admin's.
+        refused = check_spec(spec, cfg.storage_scope.scope_for(owner.namespace), f"namespace {owner.namespace}")
+        if refused is not None:
+            message = "spec." + refused.message
+            p = Plan(phase="Failed", actions=actions, events=[*events, Event("Warning", REASON_URI_FORBIDDEN,
+                                                                              message)])
+            return _finish(tj, p, desired, "Failed", REASON_URI_FORBIDDEN, message, now_s)
 
     try:
         spec, recorded = resolve_presets(spec, status, presets or {})

@@ -134,6 +134,12 @@ TEST_POOLS = {"cpu": {"capacity": 16, "accelerator": "cpu"}, "gpu": {"capacity":
               "serial": {"capacity": 1, "accelerator": "cpu"}}
 QUOTA_NAMESPACE = "tk-quota"
 TEST_QUOTAS = {QUOTA_NAMESPACE: {"maxConcurrent": 1, "maxQueued": 1, "maxPerDay": 3}}
+# Storage confinement (test_storage_scope.py): two namespaces, each confined to its own prefix of the test
+# bucket plus a shared read-only one; every other namespace stays unconfined (the chart's default).
+SCOPE_NAMESPACES = ("tk-scope-a", "tk-scope-b")
+SHARED_PREFIX = "s3://transkube/tk-scope-shared/"
+TEST_SCOPES = {ns: {"prefixes": [f"s3://transkube/{ns}/"], "readOnlyPrefixes": [SHARED_PREFIX]}
+               for ns in SCOPE_NAMESPACES}
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,7 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
          # ordering tests, a quota namespace, no aging (order must be exact), short retry and webhook delays.
          "--set-json", f"scheduling.pools={json.dumps(TEST_POOLS)}",
          "--set-json", f"scheduling.quotas={json.dumps(TEST_QUOTAS)}",
+         "--set-json", f"storageScope.namespaces={json.dumps(TEST_SCOPES)}",
          "--set", "scheduling.agingSeconds=0",
          "--set-json", "retries.backoffSeconds=[2]",
          "--set-json", "webhooks.retrySchedule=[0,1,2,3,600]",

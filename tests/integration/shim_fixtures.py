@@ -79,6 +79,10 @@ class Tenant:
     def namespace(self) -> str:
         return self.name
 
+    def uri(self, key: str) -> str:
+        """s3://<bucket>/<tenant>/<key>: under the tenant's own prefix, where the shim lets it read and write."""
+        return f"s3://{BUCKET}/{self.name}/{key}"
+
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"X-API-Key": self.key, **kwargs.pop("headers", {})}
         kwargs.setdefault("timeout", 30)

@@ -48,7 +48,7 @@ def test_installed_shim_serves_a_real_job(operator: InstalledOperator, kube: Kub
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     "testsrc2=size=320x240:rate=25", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", str(clip)],
                    check=True)
-    key = f"chart/{uuid.uuid4().hex}/clip.mp4"
+    key = f"{ns}/chart/{uuid.uuid4().hex}/clip.mp4"  # under the tenant's own prefix, where the shim lets it
     s3.upload_file(str(clip), cluster.s3.bucket, key)
     spec = {"input": {"uri": f"s3://{cluster.s3.bucket}/{key}"},
             "outputs": [{"name": "small", "uri": f"s3://{cluster.s3.bucket}/{key}.out.mp4", "container": "mp4",

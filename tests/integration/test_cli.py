@@ -70,8 +70,9 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def output_flag(name: str = "web") -> str:
-    key = f"cli/{uuid.uuid4().hex}/{name}.mp4"
+def output_flag(name: str = "web", prefix: str = "cli") -> str:
+    """Through the shim, prefix starts with the tenant's name: the shim confines each tenant to its own prefix."""
+    key = f"{prefix}/{uuid.uuid4().hex}/{name}.mp4"
     return (f"name={name},uri=s3://{BUCKET}/{key},container=mp4,vcodec=h264,height=240,crf=30,preset=ultrafast,"
             "acodec=aac,abitrate=64k")
 
@@ -201,10 +202,10 @@ def test_through_the_shim_upload_submit_watch_download(
 
     # A destination or a name make no sense through the shim: it chooses both; clear errors, nothing sent.
     assert cli(env, "upload", str(clip), f"s3://{BUCKET}/x.mp4").returncode == 2
-    named = cli(env, "submit", "--name", "x", "--input", uri, "--output", output_flag())
+    named = cli(env, "submit", "--name", "x", "--input", uri, "--output", output_flag(prefix=f"{t.name}/cli"))
     assert named.returncode == 2 and "--name" in named.stderr
 
-    name = ok(cli(env, "submit", "--input", uri, "--output", output_flag())).strip()
+    name = ok(cli(env, "submit", "--input", uri, "--output", output_flag(prefix=f"{t.name}/cli"))).strip()
     watched = cli(env, "watch", name, timeout=300)
     assert watched.returncode == 0, watched.stderr
     assert f"transcodejob {name} Succeeded" in watched.stdout
@@ -214,7 +215,7 @@ def test_through_the_shim_upload_submit_watch_download(
     assert name in ok(cli(env, "list", "-o", "name")).split()
 
     # pause/cancel through the shim; the SSE watch ends with Cancelled.
-    held = ok(cli(env, "submit", "--suspend", "--input", uri, "--output", output_flag())).strip()
+    held = ok(cli(env, "submit", "--suspend", "--input", uri, "--output", output_flag(prefix=f"{t.name}/cli"))).strip()
     assert "suspended" in ok(cli(env, "suspend", held))
     assert "cancelled" in ok(cli(env, "cancel", held))
     cancelled = cli(env, "watch", held, timeout=120)
@@ -225,8 +226,8 @@ def test_watch_through_the_shim_reports_input_not_found_and_retry_waits_for_the_
         tenant: Callable[..., Tenant], kube: Kube) -> None:
     t = tenant()
     env = shim_env(t)
-    name = ok(cli(env, "submit", "--input", f"s3://{BUCKET}/cli/{uuid.uuid4().hex}.mp4",
-                  "--output", output_flag(), "--retry-limit", "0")).strip()
+    name = ok(cli(env, "submit", "--input", t.uri(f"cli/{uuid.uuid4().hex}.mp4"),
+                  "--output", output_flag(prefix=f"{t.name}/cli"), "--retry-limit", "0")).strip()
     watched = cli(env, "watch", name, timeout=300)
     assert watched.returncode == 1 and "InputNotFound" in watched.stderr, (watched.stdout, watched.stderr)
     # Retried with the input still missing: it fails again, and the watch ends at the NEW failure, not at the

@@ -28,10 +28,11 @@ pytestmark = pytest.mark.integration
 SECURITY_HEADERS = ("X-Content-Type-Options", "X-Frame-Options", "Content-Security-Policy", "Referrer-Policy")
 
 
-def spec(input_uri: str = "s3://transkube/inputs/missing.mp4", suspend: bool = True, **extra: Any) -> dict[str, Any]:
+def spec(t: Tenant, input_uri: str | None = None, suspend: bool = True, **extra: Any) -> dict[str, Any]:
+    """A job of tenant t, under its own prefix (the shim confines each tenant to it)."""
     prefix = f"outputs/{uuid.uuid4().hex}"
-    return {"input": {"uri": input_uri}, "suspend": suspend,
-            "outputs": [{"name": "web", "uri": f"s3://{BUCKET}/{prefix}/web.mp4", "container": "mp4",
+    return {"input": {"uri": input_uri or t.uri("inputs/missing.mp4")}, "suspend": suspend,
+            "outputs": [{"name": "web", "uri": t.uri(f"{prefix}/web.mp4"), "container": "mp4",
                          "video": {"codec": "h264", "resolution": "240p", "crf": 30},
                          "audio": {"codec": "aac", "bitrate": "64k"}}], **extra}
 
@@ -79,12 +80,12 @@ def test_request_id_security_headers_and_json_errors(shim: ShimServer, tenant: C
     assert_error(err, 405, "method_not_allowed")
     assert_error(t.post("/api/v1/jobs", data=b"{not json", headers={"Content-Type": "application/json"}),
                  400, "invalid_json")
-    assert_error(t.post("/api/v1/jobs", json=spec(outputs=[{"name": "o", "uri": "s3://transkube/o.mp4",
+    assert_error(t.post("/api/v1/jobs", json=spec(t, outputs=[{"name": "o", "uri": t.uri("o.mp4"),
                                                             "container": "mp4",
                                                             "video": {"codec": "h264", "crf": 20,
                                                                       "bitrate": "2M"}}])),
                  422, "validation_error", "outputs[0].video")
-    assert_error(t.post("/api/v1/jobs", json={**spec(), "bogus": 1}), 422, "validation_error", "bogus")
+    assert_error(t.post("/api/v1/jobs", json={**spec(t), "bogus": 1}), 422, "validation_error", "bogus")
     big = {"input": {"uri": "s3://transkube/" + "x" * 400_000}, "outputs": []}
     assert_error(t.post("/api/v1/jobs", json=big), 413, "body_too_large")
     # 404s for unknown routes carry security headers too
@@ -102,7 +103,7 @@ def test_unauthenticated_and_bad_credentials_get_401(shim: ShimServer) -> None:
 
 def test_create_get_list_pause_resume_cancel_delete(tenant: Callable[..., Tenant], kube: Kube) -> None:
     t = tenant()
-    created = t.post("/api/v1/jobs", json=spec())
+    created = t.post("/api/v1/jobs", json=spec(t))
     assert created.status_code == 201, created.text
     job = created.json()
     name = job["name"]
@@ -138,7 +139,7 @@ def test_create_get_list_pause_resume_cancel_delete(tenant: Callable[..., Tenant
 
 def test_idempotency_key_maps_to_one_cr(tenant: Callable[..., Tenant], kube: Kube) -> None:
     t = tenant()
-    body = spec()
+    body = spec(t)
     key = f"order-{uuid.uuid4()}"
     first = t.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
     second = t.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
@@ -146,18 +147,18 @@ def test_idempotency_key_maps_to_one_cr(tenant: Callable[..., Tenant], kube: Kub
     assert second.headers["Idempotent-Replayed"] == "true"
     assert first.json()["name"] == second.json()["name"] and first.json()["uid"] == second.json()["uid"]
     assert len(kube.get(tj_path(t.namespace))["items"]) == 1
-    assert_error(t.post("/api/v1/jobs", json=spec(), headers={"Idempotency-Key": key}), 409,
+    assert_error(t.post("/api/v1/jobs", json=spec(t), headers={"Idempotency-Key": key}), 409,
                  "idempotency_key_reused", "Idempotency-Key")
     assert len(kube.get(tj_path(t.namespace))["items"]) == 1
-    # another tenant's identical key is another job
+    # another tenant's identical key is another job (its own body: it may not name t's objects)
     other = tenant(fresh=True)
-    assert other.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key}).status_code == 201
+    assert other.post("/api/v1/jobs", json=spec(other), headers={"Idempotency-Key": key}).status_code == 201
 
 
 def test_tenant_isolation(tenant: Callable[..., Tenant], kube: Kube) -> None:
     owner = tenant()
     intruder = tenant(fresh=True)
-    name = owner.post("/api/v1/jobs", json=spec()).json()["name"]
+    name = owner.post("/api/v1/jobs", json=spec(owner)).json()["name"]
     for method, path in (("GET", f"/api/v1/jobs/{name}"), ("DELETE", f"/api/v1/jobs/{name}"),
                          ("POST", f"/api/v1/jobs/{name}/cancel"), ("POST", f"/api/v1/jobs/{name}/pause"),
                          ("POST", f"/api/v1/jobs/{name}/resume"), ("POST", f"/api/v1/jobs/{name}/retry"),
@@ -167,11 +168,11 @@ def test_tenant_isolation(tenant: Callable[..., Tenant], kube: Kube) -> None:
     assert intruder.get("/api/v1/stats").json()["queued"] + intruder.get("/api/v1/stats").json()["suspended"] == 0
     cr = kube.get(tj_path(owner.namespace, name))
     assert cr["spec"]["cancel"] is False and "deletionTimestamp" not in cr["metadata"]
-    # uploads: another tenant's upload id is not found either
+    # uploads: another tenant's upload id names an object outside the intruder's upload area
     upload = owner.post("/api/v1/uploads", json={"filename": "a.mp4"}).json()
     assert_error(intruder.post(f"/api/v1/uploads/{upload['uploadId']}/parts", json={"partNumbers": [1]}),
-                 404, "not_found")
-    assert_error(intruder.delete(f"/api/v1/uploads/{upload['uploadId']}"), 404, "not_found")
+                 403, "uri_forbidden", "upload_id")
+    assert_error(intruder.delete(f"/api/v1/uploads/{upload['uploadId']}"), 403, "uri_forbidden", "upload_id")
     assert owner.delete(f"/api/v1/uploads/{upload['uploadId']}").status_code == 204
 
 
@@ -179,7 +180,7 @@ def test_list_is_newest_first_with_cursor_pagination_and_status_filter(tenant: C
     t = tenant()
     names = []
     for _ in range(5):
-        names.append(t.post("/api/v1/jobs", json=spec()).json()["name"])
+        names.append(t.post("/api/v1/jobs", json=spec(t)).json()["name"])
         time.sleep(1.05)  # creationTimestamp has one-second resolution: make the order observable
     seen: list[str] = []
     token = None
@@ -206,16 +207,16 @@ def test_quotas_are_counted_from_the_crs_across_replicas(
     wait_for("replica ready", lambda: requests.get(replica.url + "/readyz", timeout=10).status_code == 200)
     a = tenant(fresh=True, tier="small")
     b = Tenant(a.name, a.key, replica.url)
-    assert a.post("/api/v1/jobs", json=spec()).status_code == 201
-    assert b.post("/api/v1/jobs", json=spec()).status_code == 201
+    assert a.post("/api/v1/jobs", json=spec(a)).status_code == 201
+    assert b.post("/api/v1/jobs", json=spec(b)).status_code == 201
     for t in (a, b):  # two unfinished jobs: the concurrency quota is reached on both replicas
-        err = assert_error(t.post("/api/v1/jobs", json=spec()), 429, "quota_exceeded")
+        err = assert_error(t.post("/api/v1/jobs", json=spec(t)), 429, "quota_exceeded")
         assert "concurrent" in err["message"]
     job = a.get("/api/v1/jobs").json()["items"][0]["name"]
     assert a.post(f"/api/v1/jobs/{job}/cancel").status_code == 200
     wait_for("cancelled", lambda: a.get(f"/api/v1/jobs/{job}").json()["status"].get("phase") == "Cancelled")
-    assert b.post("/api/v1/jobs", json=spec()).status_code == 201  # one slot free again
-    err = assert_error(a.post("/api/v1/jobs", json=spec()), 429, "quota_exceeded")  # 3 today: daily quota
+    assert b.post("/api/v1/jobs", json=spec(b)).status_code == 201  # one slot free again
+    err = assert_error(a.post("/api/v1/jobs", json=spec(a)), 429, "quota_exceeded")  # 3 today: daily quota
     assert "daily" in err["message"]
 
 
@@ -249,7 +250,7 @@ def test_jwt_bearer_tokens_hs256_and_rs256(
     server = start_shim(shim_config, jwt_rs256_public_key=public, jwt_audience="transkube")
     wait_for("jwt shim ready", lambda: requests.get(server.url + "/readyz", timeout=10).status_code == 200)
     owner = tenant()
-    name = owner.post("/api/v1/jobs", json=spec()).json()["name"]
+    name = owner.post("/api/v1/jobs", json=spec(owner)).json()["name"]
     now = int(time.time())
     claims = {"sub": "user-1", "tenant": owner.name, "aud": "transkube", "exp": now + 300}
 
@@ -295,7 +296,7 @@ def test_new_spec_fields_stats_and_retry_refusals(
     kube.create(f"/api/v1/namespaces/{t.namespace}/secrets", {  # so the job is valid as it stands (suspended)
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook-secret"},
         "stringData": {"secret": signing}})
-    created = t.post("/api/v1/jobs", json=spec(priority=7, pool="cpu", webhooks=[hook], ttlSecondsAfterFinished=600))
+    created = t.post("/api/v1/jobs", json=spec(t, priority=7, pool="cpu", webhooks=[hook], ttlSecondsAfterFinished=600))
     assert created.status_code == 201, created.text
     job = created.json()
     assert (job["spec"]["priority"], job["spec"]["pool"], job["spec"]["manualRetry"]) == (7, "cpu", 0)
@@ -305,8 +306,8 @@ def test_new_spec_fields_stats_and_retry_refusals(
     cr = kube.get(tj_path(t.namespace, job["name"]))
     assert cr["spec"]["priority"] == 7 and cr["spec"]["webhooks"][0]["secretRef"] == {"name": "hook-secret",
                                                                                        "key": "secret"}
-    assert_error(t.post("/api/v1/jobs", json=spec(manualRetry=1)), 422, "validation_error", "manualRetry")
-    assert_error(t.post("/api/v1/jobs", json=spec(priority=51)), 422, "validation_error", "priority")
+    assert_error(t.post("/api/v1/jobs", json=spec(t, manualRetry=1)), 422, "validation_error", "manualRetry")
+    assert_error(t.post("/api/v1/jobs", json=spec(t, priority=51)), 422, "validation_error", "priority")
     assert_error(t.post(f"/api/v1/jobs/{job['name']}/retry"), 409, "not_failed")
     assert kube.get(tj_path(t.namespace, job["name"]))["spec"]["manualRetry"] == 0
     assert_error(t.get("/api/v1/jobs", params={"status": "failed", "failureCategory": "Flaky"}), 400,
@@ -318,14 +319,14 @@ def test_presets_without_the_kind_or_with_an_unknown_name(tenant: Callable[..., 
     t = tenant()
     presets = t.get("/api/v1/presets")
     assert presets.status_code == 200 and isinstance(presets.json()["items"], list)
-    body = {"input": {"uri": "s3://transkube/in.mp4"}, "outputUri": "s3://transkube/out.mp4"}
+    body = {"input": {"uri": t.uri("in.mp4")}, "outputUri": t.uri("out.mp4")}
     assert_error(t.post(f"/api/v1/presets/no-such-{uuid.uuid4().hex[:6]}/jobs", json=body), 422,
                  "preset_not_found", "preset")
 
 
 def test_download_url_errors(tenant: Callable[..., Tenant]) -> None:
     t = tenant()
-    name = t.post("/api/v1/jobs", json=spec()).json()["name"]
+    name = t.post("/api/v1/jobs", json=spec(t)).json()["name"]
     assert_error(t.get(f"/api/v1/jobs/{name}/outputs/web/url"), 409, "output_not_ready")
     assert_error(t.get(f"/api/v1/jobs/{name}/outputs/other/url"), 404, "not_found")
     assert_error(t.get(f"/api/v1/jobs/{name}/outputs/web/url", params={"expiresIn": 0}), 400, "invalid_parameter")

@@ -26,10 +26,11 @@ pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
 
 
-def job_spec(input_uri: str, **extra: Any) -> dict[str, Any]:
+def job_spec(t: Tenant, input_uri: str, **extra: Any) -> dict[str, Any]:
+    """A job of tenant t; its output under the tenant's own prefix (the shim confines each tenant to it)."""
     prefix = f"outputs/{uuid.uuid4().hex}"
     return {"input": {"uri": input_uri},
-            "outputs": [{"name": "web", "uri": f"s3://{BUCKET}/{prefix}/web.mp4", "container": "mp4",
+            "outputs": [{"name": "web", "uri": t.uri(f"{prefix}/web.mp4"), "container": "mp4",
                          "video": {"codec": "h264", "resolution": "240p", "crf": 30, "preset": "ultrafast"},
                          "audio": {"codec": "aac", "bitrate": "64k"}}], **extra}
 
@@ -49,8 +50,8 @@ def events(resp: requests.Response) -> Iterator[tuple[str, dict[str, Any]]]:
             data += line[6:]
 
 
-def upload(s3: Any, path: Path) -> str:
-    key = f"inputs/{uuid.uuid4().hex}/{path.name}"
+def upload(s3: Any, t: Tenant, path: Path) -> str:
+    key = f"{t.name}/inputs/{uuid.uuid4().hex}/{path.name}"
     s3.upload_file(str(path), BUCKET, key)
     return f"s3://{BUCKET}/{key}"
 
@@ -58,7 +59,7 @@ def upload(s3: Any, path: Path) -> str:
 def test_sse_follows_a_real_job_from_queued_to_succeeded_then_download(
         tenant: Callable[..., Tenant], s3: Any, media_files: dict[str, Path], shim: ShimServer) -> None:
     t = tenant()
-    created = t.post("/api/v1/jobs", json=job_spec(upload(s3, media_files["short"])))
+    created = t.post("/api/v1/jobs", json=job_spec(t, upload(s3, t, media_files["short"])))
     assert created.status_code == 201, created.text
     name = created.json()["name"]
     seen: list[tuple[str, dict[str, Any]]] = []
@@ -101,7 +102,7 @@ def test_sse_heartbeat_and_per_job_connection_cap(
     server = start_shim(shim_config, sse_heartbeat_seconds=0.3, sse_max_per_job=2)
     wait_for("shim ready", lambda: requests.get(server.url + "/readyz", timeout=10).status_code == 200)
     t = tenant(url=server.url)
-    name = t.post("/api/v1/jobs", json=job_spec("s3://transkube/in.mp4", suspend=True)).json()["name"]
+    name = t.post("/api/v1/jobs", json=job_spec(t, t.uri("in.mp4"), suspend=True)).json()["name"]
     first = t.get(f"/api/v1/jobs/{name}/events", stream=True, timeout=(10, 30))
     second = t.get(f"/api/v1/jobs/{name}/events", stream=True, timeout=(10, 30))
     try:
@@ -149,7 +150,7 @@ def test_presigned_multipart_upload_then_a_job_on_it(
     assert done.status_code == 200, done.text
     assert done.json() == {"uri": uri, "sizeBytes": len(data)}
 
-    name = t.post("/api/v1/jobs", json=job_spec(uri)).json()["name"]
+    name = t.post("/api/v1/jobs", json=job_spec(t, uri)).json()["name"]
     wait_for("Succeeded", lambda: t.get(f"/api/v1/jobs/{name}").json()["status"].get("phase")
              in ("Succeeded", "Failed"), timeout=240)
     status = t.get(f"/api/v1/jobs/{name}").json()["status"]
@@ -163,8 +164,8 @@ def test_retry_runs_the_same_job_again_once_the_input_exists(
     operator runs the SAME job again: Queued/Pending/Running, then Succeeded, with the failed attempt kept in
     status.attemptHistory and status.manualRetries 1. Two retries at once count once."""
     t = tenant()
-    key = f"inputs/{uuid.uuid4().hex}/late.mp4"
-    name = t.post("/api/v1/jobs", json=job_spec(f"s3://{BUCKET}/{key}", retryLimit=0)).json()["name"]
+    key = f"{t.name}/inputs/{uuid.uuid4().hex}/late.mp4"
+    name = t.post("/api/v1/jobs", json=job_spec(t, f"s3://{BUCKET}/{key}", retryLimit=0)).json()["name"]
     wait_for("Failed", lambda: t.get(f"/api/v1/jobs/{name}").json()["status"].get("phase") == "Failed", timeout=180)
     failed = t.get(f"/api/v1/jobs/{name}").json()
     reason, category = failed["status"]["reason"], failed["status"]["failureCategory"]
@@ -224,7 +225,7 @@ def test_graceful_shutdown_ends_event_streams(
     server = start_shim(shim_config)
     wait_for("shim ready", lambda: requests.get(server.url + "/readyz", timeout=10).status_code == 200)
     t = tenant(url=server.url)
-    name = t.post("/api/v1/jobs", json=job_spec("s3://transkube/in.mp4", suspend=True)).json()["name"]
+    name = t.post("/api/v1/jobs", json=job_spec(t, t.uri("in.mp4"), suspend=True)).json()["name"]
     stream = t.get(f"/api/v1/jobs/{name}/events", stream=True, timeout=(10, 30))
     lines = stream.iter_lines()
     assert next(line for line in lines if line).startswith(b"retry:")

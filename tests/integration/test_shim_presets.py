@@ -23,14 +23,15 @@ BUILTIN_TYPES = {"web-1080p": "file", "web-720p": "file", "hls-default": "hls", 
                  "thumbnail-sprite": "sprite"}
 
 
-def upload(s3: Any, path: Path) -> str:
-    key = f"inputs/{uuid.uuid4().hex}/{path.name}"
+def upload(s3: Any, t: Tenant, path: Path) -> str:
+    key = f"{t.name}/inputs/{uuid.uuid4().hex}/{path.name}"
     s3.upload_file(str(path), BUCKET, key)
     return f"s3://{BUCKET}/{key}"
 
 
-def out(name: str) -> str:
-    return f"s3://{BUCKET}/outputs/{uuid.uuid4().hex}/{name}"
+def out(t: Tenant, name: str) -> str:
+    """Under the tenant's own prefix: the shim confines each tenant to it."""
+    return t.uri(f"outputs/{uuid.uuid4().hex}/{name}")
 
 
 def assert_error(resp: Any, status: int, code: str, field: str | None) -> dict[str, Any]:
@@ -63,9 +64,9 @@ def test_list_has_every_builtin_with_its_full_spec(tenant: Callable[..., Tenant]
 def test_preset_job_with_an_override_runs_and_records_the_resolved_output(
         tenant: Callable[..., Tenant], kube: Kube, s3: Any, media_files: dict[str, Path]) -> None:
     t = tenant()
-    uri = out("web.mp4")
+    uri = out(t, "web.mp4")
     created = t.post("/api/v1/presets/web-720p/jobs", json={
-        "input": {"uri": upload(s3, media_files["short"])}, "outputUri": uri, "outputName": "web",
+        "input": {"uri": upload(s3, t, media_files["short"])}, "outputUri": uri, "outputName": "web",
         "overrides": {"video": {"codec": "h264", "crf": 30, "preset": "ultrafast"}}, "retryLimit": 0})
     assert created.status_code == 201, created.text
     job = created.json()
@@ -94,7 +95,7 @@ def test_preset_job_for_a_preset_without_a_container(tenant: Callable[..., Tenan
                                                      media_files: dict[str, Path]) -> None:
     t = tenant()
     created = t.post("/api/v1/presets/thumbnail-sprite/jobs", json={
-        "input": {"uri": upload(s3, media_files["short"])}, "outputUri": out("sprite/"),
+        "input": {"uri": upload(s3, t, media_files["short"])}, "outputUri": out(t, "sprite/"),
         "overrides": {"sprite": {"intervalSeconds": 1}}})
     assert created.status_code == 201, created.text
     name = created.json()["name"]
@@ -108,7 +109,7 @@ def test_unknown_preset_and_invalid_overrides_are_422_before_anything_is_created
         tenant: Callable[..., Tenant], kube: Kube, operator: InstalledOperator) -> None:
     t = tenant()
     before = job_names(kube, t.namespace)
-    body: dict[str, Any] = {"input": {"uri": f"s3://{BUCKET}/in.mp4"}, "outputUri": out("o.mp4")}
+    body: dict[str, Any] = {"input": {"uri": t.uri("in.mp4")}, "outputUri": out(t, "o.mp4")}
     assert_error(t.post(f"/api/v1/presets/no-such-{uuid.uuid4().hex[:6]}/jobs", json=body), 422,
                  "preset_not_found", "preset")
     # mp4's h264 from the preset cannot go into webm: only the merge shows it.

@@ -89,7 +89,7 @@ def test_build_submit_from_flags_validates_with_the_models() -> None:
     (["uri=s3://transkube/o/w.mp4,container=mp4", "uri=s3://transkube/o/w.mp4,container=mp4,name=b"], None,
      "unique"),
     (["uri=s3://transkube/o/w.mp4,container=avi"], "outputs[0].container", "Input should be"),
-    (["uri=not-s3,container=mp4"], "outputs[0].uri", "pattern"),
+    (["uri=not-s3,container=mp4"], "outputs[0].uri", "must be s3://bucket/key"),
 ])
 def test_build_submit_names_the_field_the_models_reject(outputs: list[str], field: str | None, fragment: str) -> None:
     with pytest.raises(SpecError) as exc:

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from transkube_api.models import TranscodeJobSpec, TranscodePresetSpec
 from transkube_api.presets import resolve_output
-from transkube_shim import auth, errors, jobs, presets, quotas, sse, storage
+from transkube_shim import auth, confine, errors, jobs, presets, quotas, sse, storage
 from transkube_shim.config import ShimConfig, Tier, pool_capacities
 from transkube_shim.models import Job, PresetJobRequest, QueueStats
 from transkube_shim.ratelimit import RateLimiter, TokenBucket
@@ -478,13 +478,20 @@ def test_preset_views_use_the_crd_model() -> None:
 # ---- storage ----
 
 def test_upload_ids_are_tenant_scoped() -> None:
+    config = ShimConfig(upload_bucket="transkube", upload_prefix="uploads")
     token = storage.encode_upload_id("uploads/acme/x/f.mp4", "s3-id")
-    assert storage.decode_upload_id(token, "uploads/acme/") == ("uploads/acme/x/f.mp4", "s3-id")
-    for bad_token, prefix in ((token, "uploads/beta/"), ("!!", "uploads/acme/"),
-                              (storage.encode_upload_id("uploads/acme/../beta/f", "i"), "uploads/acme/")):
+    assert storage.decode_upload_id(token) == ("uploads/acme/x/f.mp4", "s3-id")
+    confine.confine_upload(config, "acme", "uploads/acme/x/f.mp4", "upload_id")
+    with pytest.raises(errors.ApiError) as exc:
+        storage.decode_upload_id("!!")
+    assert exc.value.status == 404
+    # Another tenant's key, a prefix that only starts like ours, a dot segment: 403 uri_forbidden.
+    for tenant, key in (("beta", "uploads/acme/x/f.mp4"), ("acme", "uploads/acme-evil/x/f"),
+                        ("acme", "uploads/acme/../beta/f"), ("acme", "uploads/acme/%2e%2e/beta/f"),
+                        ("acme", "other/acme/x/f")):
         with pytest.raises(errors.ApiError) as exc:
-            storage.decode_upload_id(bad_token, prefix)
-        assert exc.value.status == 404
+            confine.confine_upload(config, tenant, key, "upload_id")
+        assert (exc.value.status, exc.value.code, exc.value.field) == (403, "uri_forbidden", "upload_id"), key
 
 
 def test_part_plan_and_stale_uploads() -> None:

@@ -1,10 +1,9 @@
-"""The pure parts of storage: URI parsing, failure classification (constructed botocore errors), checksums."""
+"""The pure parts of storage: failure classification (constructed botocore errors), checksums."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,12 @@ from botocore.exceptions import (
 )
 from s3transfer.exceptions import RetriesExceededError
 from transkube_api.constants import ExitCode
-from transkube_api.models import S3_URI_PATTERN
 from transkube_worker.errors import Terminated
 from transkube_worker.storage import (
-    S3_URI,
     S3Location,
     abort_stale_uploads,
     classify_s3_error,
     make_client,
-    parse_s3_uri,
     sha256_file,
     stale_upload_matches,
     stale_upload_targets,
@@ -38,25 +34,6 @@ from transkube_worker.storage import (
 def client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:
     response: Any = {"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}}
     return ClientError(response, operation)
-
-
-def test_parse_s3_uri() -> None:
-    assert parse_s3_uri("s3://my-bucket/a/b/c.mp4") == S3Location("my-bucket", "a/b/c.mp4")
-    assert parse_s3_uri("s3://bkt/key with/ümlaut.mov".replace(" ", "_")).key == "key_with/ümlaut.mov"
-    assert S3Location("b1", "k/x.mp4").uri == "s3://b1/k/x.mp4"
-
-
-@pytest.mark.parametrize("uri", ["s3://b/k", "http://bucket/key", "s3://bucket", "s3://bucket/", "s3://Bucket/key",
-                                 "s3://bucket/has space"])
-def test_parse_s3_uri_rejects(uri: str) -> None:
-    with pytest.raises(ValueError, match="not an s3"):
-        parse_s3_uri(uri)
-
-
-@pytest.mark.parametrize("uri", ["s3://b1/k", "s3://my.bucket-1/a/b.mp4", "s3://b/k", "s3://bucket/", "s3://x-/k",
-                                 "s3://bucket/a b", "s3://bucket/ok/ü.mp4", "s3://" + "b" * 64 + "/k"])
-def test_uri_regex_agrees_with_the_api_model(uri: str) -> None:
-    assert bool(S3_URI.match(uri)) == bool(re.match(S3_URI_PATTERN, uri))
 
 
 def _class(exc: BaseException, operation: str = "download") -> tuple[int, str]:

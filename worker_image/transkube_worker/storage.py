@@ -11,7 +11,6 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,10 @@ from s3transfer.futures import TransferFuture
 from s3transfer.subscribers import BaseSubscriber
 from transkube_api.constants import REASON_OUTPUT_BUCKET_NOT_FOUND
 
+# Re-exported: the worker names S3 objects by the one URI rule (transkube_api.s3uri).
+from transkube_api.s3uri import S3Location as S3Location
+from transkube_api.s3uri import parse_s3_uri as parse_s3_uri
+
 from .errors import InputNotFound, Internal, StorageDenied, Transient, Unsupported, WorkerError
 
 if TYPE_CHECKING:
@@ -52,8 +55,6 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
 POLL_SECONDS = 0.25
-
-S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>\S+)$")
 
 CONTENT_TYPES: dict[str, str] = {"mp4": "video/mp4", "mov": "video/quicktime", "mkv": "video/x-matroska",
                                  "webm": "video/webm", "m4a": "audio/mp4", "mp3": "audio/mpeg", "ogg": "audio/ogg",
@@ -69,24 +70,6 @@ RETRYABLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "R
 NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
                   IncompleteReadError, ResponseStreamingError, HTTPClientError,
                   RetriesExceededError)  # s3transfer gave up after its own retries of a streaming error
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    key: str
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-
-def parse_s3_uri(uri: str) -> S3Location:
-    """`s3://bucket/key` (the spec's S3_URI_PATTERN) -> S3Location."""
-    match = S3_URI.match(uri)
-    if not match:
-        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
-    return S3Location(match["bucket"], match["key"])
 
 
 def make_client(env: Mapping[str, str] | None = None) -> S3Client:

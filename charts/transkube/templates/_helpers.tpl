@@ -19,3 +19,35 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $s := .Values.scheduling -}}
 {{- toPrettyJson (dict "mode" $s.mode "pools" $s.pools "defaultPools" $s.defaultPools "agingSeconds" $s.agingSeconds "defaultQuota" $s.defaultQuota "quotas" $s.quotas "kueueQueueName" $s.kueueQueueName) -}}
 {{- end -}}
+
+{{/* Storage confinement (values: storageScope, shim.storageScope): every prefix must be an s3:// one. */}}
+{{- define "transkube.checkScope" -}}
+{{- range $name, $entry := . -}}
+{{- range concat ($entry.prefixes | default list) ($entry.readOnlyPrefixes | default list) -}}
+{{- if not (hasPrefix "s3://" .) -}}
+{{- fail (printf "storage scope %s: %q is not an s3://bucket/ or s3://bucket/prefix/ prefix" $name .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespace mapping as the operator reads it (TRANSKUBE_STORAGE_SCOPE). */}}
+{{- define "transkube.storageScopeJson" -}}
+{{- $s := .Values.storageScope -}}
+{{- include "transkube.checkScope" (merge (dict "(default)" $s.default) $s.namespaces) -}}
+{{- toPrettyJson (dict "default" $s.default "namespaces" $s.namespaces) -}}
+{{- end -}}
+
+{{/* One entry of the admission policy's parameter ConfigMap (keys: transkube_api/scope.py, param_data). */}}
+{{- define "transkube.storageScopeEntry" -}}
+{{ .name }}.unconfined: {{ .entry.unconfined | default false | toString | quote }}
+{{ .name }}.readWrite: {{ join "\n" (.entry.prefixes | default list) | quote }}
+{{ .name }}.readOnly: {{ join "\n" (.entry.readOnlyPrefixes | default list) | quote }}
+{{- end -}}
+
+{{/* The tenants' scopes as the shim reads them (TRANSKUBE_SHIM_STORAGE_SCOPE). */}}
+{{- define "transkube.shimStorageScopeJson" -}}
+{{- $s := .Values.shim.storageScope -}}
+{{- include "transkube.checkScope" (merge (dict "(default)" $s.default) $s.tenants) -}}
+{{- toPrettyJson (dict "default" $s.default "tenants" $s.tenants) -}}
+{{- end -}}
