@@ -158,6 +158,17 @@ def test_images_of_hdr_and_anamorphic_inputs() -> None:
     assert "scale=160:90,setsar=1" in value(sprite_argv(sprite, IN, Path("/s"), anamorphic), "-vf")
 
 
+def test_images_convert_colour_on_even_sizes() -> None:
+    """zscale works on whole chroma samples: an odd input loses its odd line, an odd size asked for is reached
+    after the colour conversion."""
+    odd = InputFacts(width=1279, height=719, duration_seconds=2, video_codec="vp9", pixel_format="yuv420p")
+    plain = poster_argv(output(type="poster", uri="s3://bkt/p.jpg"), IN, Path("/p.jpg"), odd)
+    assert value(plain, "-vf").startswith("crop=1278:718:0:0,zscale=")
+    sized = value(poster_argv(output(type="poster", uri="s3://bkt/p.jpg", poster={"width": 321}), IN,
+                              Path("/p.jpg"), odd), "-vf").split(",")
+    assert sized[:2] == ["scale=322:180", "setsar=1"] and sized[-2:] == ["scale=321:180", "setsar=1"]
+
+
 @pytest.mark.parametrize("kind", [
     {"type": "hls", "uri": "s3://bkt/h/"}, {"type": "dash", "uri": "s3://bkt/d/"},
     {"type": "poster", "uri": "s3://bkt/p.jpg"}, {"type": "sprite", "uri": "s3://bkt/s/"},
@@ -251,3 +262,29 @@ def test_hdr10_in_tone_mapped_h264_and_kept_hevc_out(tmp_path: Path) -> None:
             hdr["color_space"]) == ("yuv420p10le", "Main 10", "hvc1", "bt2020", "smpte2084", "bt2020nc")
     kept = probe_input(outputs["hdr"])
     assert kept.mastering_display == facts.mastering_display and (kept.max_cll, kept.max_fall) == (1000, 400)
+
+
+PROFILE_NAMES = {("h264", "yuv420p"): "High", ("h264", "yuv420p10le"): "High 10", ("h264", "yuv422p"): "High 4:2:2",
+                 ("h264", "yuv444p"): "High 4:4:4 Predictive", ("h265", "yuv420p"): "Main",
+                 ("h265", "yuv420p10le"): "Main 10", ("h265", "yuv422p"): "Rext", ("h265", "yuv444p"): "Rext",
+                 ("vp9", "yuv420p"): "Profile 0", ("vp9", "yuv420p10le"): "Profile 2",
+                 ("vp9", "yuv422p"): "Profile 1", ("vp9", "yuv444p"): "Profile 1", ("av1", "yuv420p"): "Main",
+                 ("av1", "yuv420p10le"): "Main"}
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(("codec", "pix_fmt"), sorted(PROFILE_NAMES))
+def test_every_allowed_pixel_format_encodes_with_its_profile(tmp_path: Path, codec: str, pix_fmt: str) -> None:
+    src = tmp_path / "in.mp4"
+    subprocess.run([*FFMPEG, "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10", "-t", "0.3", "-c:v", "libx264",
+                    "-preset", "ultrafast", str(src)], check=True)
+    container = "webm" if codec == "vp9" else "mkv"
+    spec = TranscodeJobSpec.model_validate({"input": {"uri": "s3://bkt/in.mp4"}, "outputs": [
+        {"name": "o", "uri": f"s3://bkt/o.{container}", "container": container,
+         "video": {"codec": codec, "preset": "veryfast", "pixelFormat": pix_fmt}}]})
+    outputs = output_paths(spec, tmp_path)
+    proc = subprocess.run(build_argv(spec, src, outputs, probe_input(src), "cpu"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    v = ffprobe_video(outputs["o"])
+    assert (v["pix_fmt"], v["profile"], v["color_space"], v["color_range"]) == (
+        pix_fmt, PROFILE_NAMES[(codec, pix_fmt)], "bt709", "tv")

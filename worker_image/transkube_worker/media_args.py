@@ -46,6 +46,7 @@ from .playability import (
     cpu_profile,
     deinterlaces,
     display_size,
+    even_floor,
     even_near,
     image_colour,
     output_frame_rate,
@@ -275,23 +276,34 @@ def image_size(width: int | None, height: int | None, facts: InputFacts) -> tupl
     return round(dw), round(dh)
 
 
-def image_scale(width: int | None, height: int | None, facts: InputFacts) -> list[str]:
+def image_scale(width: int | None, height: int | None, facts: InputFacts) -> tuple[list[str], list[str]]:
+    """Sizing filters before the colour conversion (to an even size: zscale works on whole chroma samples) and
+    after it (the exact size, when an odd one is asked for). An odd input without a size asked loses its odd
+    line, as video outputs do."""
     size = image_size(width, height, facts)
     if size is None:
-        if width is None and height is None:
-            return []
-        return [f"scale={width if width is not None else -2}:{height if height is not None else -2}", "setsar=1"]
-    return [f"scale={size[0]}:{size[1]}", "setsar=1"]
+        if width is not None or height is not None:  # the input's size is unknown: let ffmpeg keep the aspect
+            return [f"scale={width if width is not None else -2}:{height if height is not None else -2}",
+                    "setsar=1"], []
+        if facts.width and facts.height and (facts.width % 2 or facts.height % 2):
+            return [f"crop={even_floor(facts.width)}:{even_floor(facts.height)}:0:0"], []
+        return [], []
+    w, h = size
+    if w % 2 or h % 2:
+        return [f"scale={even_near(w)}:{even_near(h)}", "setsar=1"], [f"scale={w}:{h}", "setsar=1"]
+    return [f"scale={w}:{h}", "setsar=1"], []
 
 
-def image_chain(facts: InputFacts, fmt: str, scale: list[str], *, fps: str | None = None,
+def image_chain(facts: InputFacts, fmt: str, scale: tuple[list[str], list[str]], *, fps: str | None = None,
                 tile: str | None = None) -> str:
     """Deinterlace (interlaced input), pick frames (`fps`), size, then colour: HDR is tone-mapped, and the pixels
     are converted to what JPEG/WebP decoders assume (BT.601; full range for JPEG)."""
+    before, after = scale
     chain = [DEINTERLACE] if deinterlaces(None, facts) else []
     chain += [fps] if fps else []
-    chain += scale
+    chain += before
     chain += colour_chain(source_colour(facts), image_colour(fmt), facts.pixel_format, IMAGE_PIX_FMTS[fmt])
+    chain += after
     chain += [tile] if tile else []
     return ",".join(chain)
 
@@ -373,7 +385,7 @@ def sprite_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: Inpu
     """One sheet: a frame every interval, scaled to the tile size, laid out by the tile filter."""
     layout = sprite_layout(output, facts)
     fmt = output.sprite.format if output.sprite else "jpeg"
-    chain = image_chain(facts, fmt, [f"scale={layout.tile_width}:{layout.tile_height}", "setsar=1"],
+    chain = image_chain(facts, fmt, ([f"scale={layout.tile_width}:{layout.tile_height}", "setsar=1"], []),
                         fps=f"fps=1/{_num(layout.interval)}", tile=f"tile={layout.columns}x{layout.rows}")
     return ["ffmpeg", *GLOBAL_ARGS, *input_args(input_path, limits), "-map", "0:V:0", "-vf", chain,
             "-frames:v", "1", *image_codec_args(fmt), "-f", "image2", "-update", "1",
