@@ -445,6 +445,23 @@ def test_missing_streams_fail_at_once_without_retries(ran: dict[str, Case], kube
     MEASURED[case] = f"Failed {reason} after {status['attempts']} attempt (Job failed={job['status']['failed']})"
 
 
+@pytest.mark.parametrize(("video", "message"), [
+    ({"codec": "h264", "dynamicRange": "hdr"}, "dynamicRange hdr needs codec h265, vp9 or av1"),
+    ({"codec": "h265", "dynamicRange": "hdr", "pixelFormat": "yuv420p"}, "dynamicRange hdr needs a 10-bit"),
+    ({"codec": "av1", "pixelFormat": "yuv444p"}, "av1 takes pixelFormat yuv420p or yuv420p10le"),
+    ({"codec": "copy", "dynamicRange": "sdr"}, "codec copy/none takes no encoding settings"),
+])
+def test_api_server_refuses_what_cannot_be_encoded_or_played(kube: Kube, namespace: str, video: Obj,
+                                                             message: str) -> None:
+    body = {"apiVersion": "media.transkube.dev/v1alpha1", "kind": "TranscodeJob", "metadata": {"name": "bad"},
+            "spec": {"input": {"uri": "s3://transkube/in.mp4"}, "outputs": [
+                {"name": "o", "uri": "s3://transkube/o.mkv", "container": "mkv", "video": video}]}}
+    with pytest.raises(ApiError) as info:
+        kube.create(tj_path(namespace), body)
+    assert info.value.status == 422 and message in info.value.body, info.value.body
+    assert "spec.outputs[0].video" in info.value.body  # the field is named
+
+
 def test_record_of_what_was_measured() -> None:
     """Not a check: what was measured, for the record (pytest -s)."""
     for key, line in sorted(MEASURED.items()):

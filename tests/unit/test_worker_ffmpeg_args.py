@@ -597,3 +597,17 @@ def test_variable_frame_rate_comes_out_constant(avg: float, base: float, rate: s
     assert pairs(section).get("-vf") == (f"fps={rate}" if rate else None)
     explicit = pairs(output_section(argv_for({"video": {"codec": "h264", "fps": 24}}, facts=facts)))
     assert "-vf" not in explicit and explicit["-r"] == "24"  # video.fps decides instead
+
+
+def test_nvenc_takes_what_it_can_encode_and_leaves_the_rest_to_the_cpu() -> None:
+    # NVENC has no 4:2:2 and no 10-bit h264: those outputs are encoded by x264 on a GPU job, like vp9.
+    for video in ({"codec": "h264", "pixel_format": "yuv422p"}, {"codec": "h264", "pixel_format": "yuv420p10le"},
+                  {"codec": "h265", "pixel_format": "yuv422p"}):
+        p = pairs(output_section(argv_for({"container": "mkv", "video": video}, accelerator="nvidia")))
+        assert p["-c:v"] in ("libx264", "libx265") and p["-pix_fmt"] == video["pixel_format"], p
+    av1 = pairs(output_section(argv_for({"container": "mkv", "video": {"codec": "av1", "dynamic_range": "hdr"}},
+                                        facts=HDR10, accelerator="nvidia")))
+    assert (av1["-c:v"], av1["-pix_fmt"], av1["-profile:v"], av1["-color_trc"]) == (
+        "av1_nvenc", "p010le", "main", "smpte2084")
+    sdr = pairs(output_section(argv_for({"video": {"codec": "h264"}}, facts=HDR10, accelerator="nvidia")))
+    assert sdr["-c:v"] == "h264_nvenc" and "tonemap" in sdr["-vf"] and tags(sdr) == BT709_TAGS
