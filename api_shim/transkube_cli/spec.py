@@ -45,6 +45,7 @@ OUTPUT_KEYS: dict[str, tuple[str, str]] = {
     "fps": ("video", "fps"),
     "pixel-format": ("video", "pixelFormat"),
     "pix_fmt": ("video", "pixelFormat"),
+    "dynamic-range": ("video", "dynamicRange"),
     "acodec": ("audio", "codec"),
     "abitrate": ("audio", "bitrate"),
     "channels": ("audio", "channels"),

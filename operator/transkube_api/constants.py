@@ -55,6 +55,12 @@ REASON_INPUT_TOO_LARGE = "InputTooLarge"  # the input object is bigger than maxI
 REASON_DURATION_LIMIT = "DurationLimitExceeded"
 REASON_RESOLUTION_LIMIT = "ResolutionLimitExceeded"
 REASON_TOO_MANY_STREAMS = "TooManyStreams"
+# An output needs a stream the input lacks (exit INVALID_INPUT, never retried): video (or a poster, thumbnails, a
+# sprite, an hls/dash ladder) from an audio-only input, audio (an audio container) from a video-only input, or an
+# explicit audio.track past the input's audio streams.
+REASON_NO_VIDEO_STREAM = "NoVideoStream"
+REASON_NO_AUDIO_STREAM = "NoAudioStream"
+REASON_AUDIO_TRACK_NOT_FOUND = "AudioTrackNotFound"
 
 # Input limit defaults (worker env name, default). 0 means "no limit" for the byte sizes.
 LIMIT_DEFAULTS: dict[str, int] = {
@@ -96,6 +102,7 @@ REASON_URI_FORBIDDEN = "UriForbidden"
 CATEGORY_BY_REASON: dict[str, str] = {
     "InvalidInput": "BadInput", "InputNotFound": "BadInput", REASON_INPUT_TOO_LARGE: "BadInput",
     REASON_DURATION_LIMIT: "BadInput", REASON_RESOLUTION_LIMIT: "BadInput", REASON_TOO_MANY_STREAMS: "BadInput",
+    REASON_NO_VIDEO_STREAM: "BadInput", REASON_NO_AUDIO_STREAM: "BadInput", REASON_AUDIO_TRACK_NOT_FOUND: "BadInput",
     "Unsupported": "Unsupported",
     REASON_STORAGE_ACCESS_DENIED: "Config", REASON_OUTPUT_BUCKET_NOT_FOUND: "Config",
     REASON_PRESET_NOT_FOUND: "Config", REASON_INVALID_PRESET: "Config", "InvalidSpec": "Config",

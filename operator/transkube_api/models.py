@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -60,6 +60,10 @@ def _rules(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": out}
 
 
+def _in(values: Sequence[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
 class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
@@ -84,52 +88,6 @@ class InputSpec(ApiModel):
     )
 
 
-class VideoSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=_rules(
-        ("!(has(self.crf) && has(self.bitrate))", "crf and bitrate are mutually exclusive", ".crf"),
-        ("!(has(self.resolution) && (has(self.width) || has(self.height)))",
-         "resolution and width/height are mutually exclusive", ".resolution"),
-        ("!(self.codec in ['h264', 'h265']) || !has(self.crf) || self.crf <= 51",
-         "crf must be at most 51 for h264 and h265", ".crf"),
-        ("!(self.codec in ['copy', 'none']) || !(has(self.width) || has(self.height) || has(self.resolution) || "
-         "has(self.crf) || has(self.bitrate) || has(self.preset) || has(self.fps) || has(self.pixelFormat))",
-         "codec copy/none takes no encoding settings", ".codec"),
-    ))
-
-    codec: VideoCodec = Field(
-        description="Video codec: h264, h265, vp9, av1, copy (no re-encode) or none (drop video).")
-    width: Annotated[int, Field(ge=16, le=7680, multiple_of=2)] | None = Field(
-        default=None, description="Output width in pixels (even). With only one of width/height the other keeps "
-                                  "the aspect ratio.")
-    height: Annotated[int, Field(ge=16, le=4320, multiple_of=2)] | None = Field(
-        default=None, description="Output height in pixels (even).")
-    resolution: NamedResolution | None = Field(
-        default=None, description="Named output height (e.g. 720p); the width keeps the aspect ratio.")
-    crf: Annotated[int, Field(ge=0, le=63)] | None = Field(
-        default=None, description="Constant quality (lower is better; 0-51 for h264/h265, 0-63 for vp9/av1). "
-                                  "Mutually exclusive with bitrate.")
-    bitrate: Annotated[str, Field(max_length=12, pattern=BITRATE_PATTERN)] | None = Field(
-        default=None, description="Target average bitrate such as 2500k or 4M. Mutually exclusive with crf.")
-    preset: Preset | None = Field(
-        default=None, description="Speed/efficiency trade-off, in x264 terms; mapped to each encoder's own scale.")
-    fps: Annotated[float, Field(gt=0, le=240)] | None = Field(default=None, description="Output frame rate.")
-    pixel_format: PixelFormat | None = Field(default=None, description="Output pixel format.")
-
-    @model_validator(mode="after")
-    def _exclusive(self) -> VideoSpec:
-        if self.crf is not None and self.bitrate is not None:
-            raise ValueError("crf and bitrate are mutually exclusive")
-        if self.resolution is not None and (self.width is not None or self.height is not None):
-            raise ValueError("resolution and width/height are mutually exclusive")
-        if self.codec in ("h264", "h265") and self.crf is not None and self.crf > 51:
-            raise ValueError("crf must be at most 51 for h264 and h265")
-        settings = (self.width, self.height, self.resolution, self.crf, self.bitrate, self.preset, self.fps,
-                    self.pixel_format)
-        if self.codec in ("copy", "none") and any(v is not None for v in settings):
-            raise ValueError("codec copy/none takes no encoding settings")
-        return self
-
-
 @dataclass(frozen=True)
 class Rule:
     """One constraint, stated twice from one place: as CEL for the API server and as a Python predicate for the
@@ -149,6 +107,97 @@ def _enforce(model: Any, rules: Sequence[Rule]) -> None:
     for rule in rules:
         if not rule.ok(model):
             raise ValueError(rule.message)
+
+
+# Pixel formats each encoder may be asked for (the CEL rule and the pydantic check come from this table). Unset
+# means the playable default: 8-bit 4:2:0 (yuv420p), or 10-bit 4:2:0 for an HDR input kept as HDR.
+CODEC_PIXEL_FORMATS: dict[str, tuple[str, ...]] = {
+    "h264": ("yuv420p", "yuv420p10le", "yuv422p", "yuv444p"),
+    "h265": ("yuv420p", "yuv420p10le", "yuv422p", "yuv444p"),
+    "vp9": ("yuv420p", "yuv420p10le", "yuv422p", "yuv444p"),
+    "av1": ("yuv420p", "yuv420p10le"),
+}
+DynamicRange = Literal["sdr", "hdr"]
+HDR_CODECS = ("h265", "vp9", "av1")  # codecs whose 10-bit HDR players decode (not h264)
+HDR_PIXEL_FORMATS = ("yuv420p10le",)
+
+
+# Codecs that take fewer than every PixelFormat: the only ones the rule needs to name.
+_RESTRICTED = [(c, f) for c, f in CODEC_PIXEL_FORMATS.items() if set(f) != set(get_args(PixelFormat))]
+
+
+def _pixel_format_ok(v: Any) -> bool:
+    return v.pixel_format is None or v.codec not in CODEC_PIXEL_FORMATS or \
+        v.pixel_format in CODEC_PIXEL_FORMATS[v.codec]
+
+
+VIDEO_RULES = (
+    Rule("!(has(self.crf) && has(self.bitrate))", "crf and bitrate are mutually exclusive",
+         lambda v: v.crf is None or v.bitrate is None, ".crf"),
+    Rule("!(has(self.resolution) && (has(self.width) || has(self.height)))",
+         "resolution and width/height are mutually exclusive",
+         lambda v: v.resolution is None or (v.width is None and v.height is None), ".resolution"),
+    Rule("!(self.codec in ['h264', 'h265']) || !has(self.crf) || self.crf <= 51",
+         "crf must be at most 51 for h264 and h265",
+         lambda v: v.codec not in ("h264", "h265") or v.crf is None or v.crf <= 51, ".crf"),
+    Rule("!(self.codec in ['copy', 'none']) || !(has(self.width) || has(self.height) || has(self.resolution) || "
+         "has(self.crf) || has(self.bitrate) || has(self.preset) || has(self.fps) || has(self.pixelFormat) || "
+         "has(self.dynamicRange))",
+         "codec copy/none takes no encoding settings",
+         lambda v: v.codec not in ("copy", "none") or all(x is None for x in (
+             v.width, v.height, v.resolution, v.crf, v.bitrate, v.preset, v.fps, v.pixel_format, v.dynamic_range)),
+         ".codec"),
+    Rule("!has(self.pixelFormat) || " + " && ".join(
+        f"(self.codec != '{codec}' || self.pixelFormat in {_in(formats)})" for codec, formats in _RESTRICTED),
+         "; ".join(f"{codec} takes pixelFormat {' or '.join(formats)}" for codec, formats in _RESTRICTED),
+         _pixel_format_ok, ".pixelFormat"),
+    Rule(f"!has(self.dynamicRange) || self.dynamicRange != 'hdr' || self.codec in {_in(HDR_CODECS)}",
+         "dynamicRange hdr needs codec h265, vp9 or av1 (browsers do not play 10-bit h264)",
+         lambda v: v.dynamic_range != "hdr" or v.codec in HDR_CODECS, ".dynamicRange"),
+    Rule("!has(self.dynamicRange) || self.dynamicRange != 'hdr' || !has(self.pixelFormat) || "
+         f"self.pixelFormat in {_in(HDR_PIXEL_FORMATS)}",
+         "dynamicRange hdr needs a 10-bit pixelFormat (yuv420p10le) or none",
+         lambda v: v.dynamic_range != "hdr" or v.pixel_format is None or v.pixel_format in HDR_PIXEL_FORMATS,
+         ".pixelFormat"),
+)
+
+
+class VideoSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(VIDEO_RULES))
+
+    codec: VideoCodec = Field(
+        description="Video codec: h264, h265, vp9, av1, copy (no re-encode) or none (drop video).")
+    width: Annotated[int, Field(ge=16, le=7680, multiple_of=2)] | None = Field(
+        default=None, description="Output width in pixels (even). With only one of width/height the other keeps "
+                                  "the display aspect ratio; with both the frame is exactly width x height (square "
+                                  "pixels).")
+    height: Annotated[int, Field(ge=16, le=4320, multiple_of=2)] | None = Field(
+        default=None, description="Output height in pixels (even).")
+    resolution: NamedResolution | None = Field(
+        default=None, description="Named size (e.g. 720p) of the short side: 1280x720 for a landscape input, "
+                                  "720x1280 for a portrait one; the other side keeps the display aspect ratio.")
+    crf: Annotated[int, Field(ge=0, le=63)] | None = Field(
+        default=None, description="Constant quality (lower is better; 0-51 for h264/h265, 0-63 for vp9/av1). "
+                                  "Mutually exclusive with bitrate.")
+    bitrate: Annotated[str, Field(max_length=12, pattern=BITRATE_PATTERN)] | None = Field(
+        default=None, description="Target average bitrate such as 2500k or 4M. Mutually exclusive with crf.")
+    preset: Preset | None = Field(
+        default=None, description="Speed/efficiency trade-off, in x264 terms; mapped to each encoder's own scale.")
+    fps: Annotated[float, Field(gt=0, le=240)] | None = Field(default=None, description="Output frame rate.")
+    pixel_format: PixelFormat | None = Field(
+        default=None, description="Output pixel format. Unset: yuv420p (8-bit 4:2:0, what every browser and device "
+                                  "decodes), or yuv420p10le for an HDR input kept with dynamicRange hdr. "
+                                  "yuv420p10le, yuv422p and yuv444p are for archives and editing (not av1's "
+                                  "4:2:2/4:4:4).")
+    dynamic_range: DynamicRange | None = Field(
+        default=None, description="sdr (default): HDR inputs (PQ or HLG) are tone-mapped to SDR BT.709. hdr: an "
+                                  "HDR input stays HDR (10-bit, its transfer, BT.2020, HDR10 metadata carried "
+                                  "over); h265, vp9 or av1 only. SDR inputs stay SDR either way.")
+
+    @model_validator(mode="after")
+    def _check(self) -> VideoSpec:
+        _enforce(self, VIDEO_RULES)
+        return self
 
 
 class LoudnessSpec(ApiModel):
@@ -205,9 +254,11 @@ class RenditionSpec(ApiModel):
     ))
 
     resolution: NamedResolution | None = Field(
-        default=None, description="Named height of this rendition (e.g. 720p); the width keeps the aspect ratio.")
+        default=None, description="Named size of this rendition's short side (e.g. 720p: 1280x720, or 720x1280 for "
+                                  "a portrait input); the other side keeps the display aspect ratio.")
     height: Annotated[int, Field(ge=16, le=4320, multiple_of=2)] | None = Field(
-        default=None, description="Height in pixels (even); the width keeps the aspect ratio.")
+        default=None, description="The short side in pixels (even): the height of a landscape input's rendition, "
+                                  "the width of a portrait one's; the other side keeps the display aspect ratio.")
     bitrate: Annotated[str, Field(max_length=12, pattern=BITRATE_PATTERN)] = Field(
         description="Average video bitrate of this rendition, such as 2500k (peaks are capped at 1.5x).")
 
@@ -369,7 +420,9 @@ class AspectSpec(ApiModel):
 
 
 class FiltersSpec(ApiModel):
-    deinterlace: bool = Field(default=False, description="Deinterlace (bwdif, one frame per frame).")
+    deinterlace: bool | None = Field(
+        default=None, description="Deinterlace (bwdif, one frame per frame): true always, false never; unset: when "
+                                  "the probe says the input is interlaced (status.input.interlaced).")
     denoise: Literal["light", "medium", "strong"] | None = Field(
         default=None, description="Spatio-temporal denoise (hqdn3d) strength.")
     aspect: AspectSpec | None = Field(default=None, description="Crop or pad to a target aspect ratio.")
@@ -423,10 +476,6 @@ OutputType = Literal["file", "hls", "dash", "thumbnails", "sprite", "poster"]
 PREFIX_TYPES = ("hls", "dash", "thumbnails", "sprite")  # multi-file outputs: the URI is a prefix ending in /
 STREAM_TYPES = ("hls", "dash")
 EDITABLE_TYPES = ("file", "hls", "dash")
-
-
-def _in(values: Sequence[str]) -> str:
-    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
 
 def _codec_check(container: str, kind: str, allowed: tuple[str, ...]) -> Callable[[Any], bool]:
@@ -758,6 +807,18 @@ class Progress(ApiModel):
     updated_at: str | None = Field(default=None, description="When the worker last wrote progress (RFC 3339).")
 
 
+class MasteringDisplay(ApiModel):
+    """SMPTE ST 2086 mastering display colour volume (HDR10 static metadata): CIE 1931 xy chromaticities and
+    luminance in cd/m2."""
+
+    red: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(description="x, y of the red primary.")
+    green: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(description="x, y of green.")
+    blue: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(description="x, y of blue.")
+    white_point: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(description="x, y of white.")
+    max_luminance: float = Field(description="Peak luminance in cd/m2.")
+    min_luminance: float = Field(description="Black level in cd/m2.")
+
+
 class InputFacts(ApiModel):
     duration_seconds: float | None = Field(default=None, description="Probed duration.")
     width: int | None = Field(default=None, description="Probed video width.")
@@ -772,7 +833,31 @@ class InputFacts(ApiModel):
     audio_streams: int | None = Field(default=None, description="Number of audio streams (audio.track counts "
                                                                 "these from 0).")
     rotation: int | None = Field(default=None, description="Display rotation of the video in degrees "
-                                                           "(width/height above are as displayed, after it).")
+                                                           "(width/height above are after it: upright).")
+    sample_aspect_ratio: str | None = Field(
+        default=None, description="Shape of a pixel, such as 4:3 for anamorphic video (the display width is width "
+                                  "x this); unset for square pixels.")
+    pixel_format: str | None = Field(default=None, description="Probed pixel format, such as yuv420p10le.")
+    bit_depth: int | None = Field(default=None, description="Bits per sample of the video.")
+    color_primaries: str | None = Field(default=None, description="Probed colour primaries (bt709, bt2020...).")
+    color_transfer: str | None = Field(default=None, description="Probed transfer characteristics (bt709, "
+                                                                 "smpte2084 (PQ), arib-std-b67 (HLG)...).")
+    color_space: str | None = Field(default=None, description="Probed matrix coefficients (bt709, bt2020nc...).")
+    color_range: str | None = Field(default=None, description="tv (limited) or pc (full).")
+    hdr: Literal["pq", "hlg"] | None = Field(
+        default=None, description="The input's HDR transfer: pq (HDR10 and the like) or hlg; unset for SDR.")
+    mastering_display: MasteringDisplay | None = Field(
+        default=None, description="HDR10 mastering display metadata, when the input carries it.")
+    max_cll: int | None = Field(default=None, description="HDR10 maximum content light level (cd/m2).")
+    max_fall: int | None = Field(default=None, description="HDR10 maximum frame-average light level (cd/m2).")
+    interlaced: bool | None = Field(
+        default=None, description="True when the video is coded as interlaced fields (outputs are deinterlaced "
+                                  "unless filters.deinterlace is false).")
+    base_frame_rate: float | None = Field(
+        default=None, description="ffprobe's r_frame_rate: the rate every timestamp fits on.")
+    variable_frame_rate: bool | None = Field(
+        default=None, description="True when frames are not evenly spaced (frameRate, the average, differs from "
+                                  "baseFrameRate); outputs are then made constant-rate.")
 
 
 class QualityMetrics(ApiModel):

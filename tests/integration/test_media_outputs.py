@@ -206,7 +206,7 @@ def test_trim_filters_watermark_and_rotation(kube: Kube, tj_namespace: str, s3: 
     # The watermark: 25% of 640 = 160x80, 10 px from the top-right corner, opaque red.
     def pixel(x: int, y: int) -> tuple[int, ...]:
         raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", "4", "-i", str(files["marked"]), "-vf",
-                              f"crop=1:1:{x}:{y}", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                              f"format=rgb24,crop=1:1:{x}:{y}", "-frames:v", "1", "-f", "rawvideo", "-"],
                              check=True, capture_output=True).stdout
         return tuple(raw)
 
@@ -214,6 +214,9 @@ def test_trim_filters_watermark_and_rotation(kube: Kube, tj_namespace: str, s3: 
         r, g, b = pixel(x, y)
         return r > 200 and g < 60 and b < 60
 
+    # The overlay works in 4:4:4; the output is still the playable 8-bit 4:2:0 High profile.
+    marked = video_stream(ffprobe(files["marked"]))
+    assert (marked["pix_fmt"], marked["profile"], marked["color_space"]) == ("yuv420p", "High", "bt709")
     assert red(640 - 10 - 80, 10 + 40) and red(640 - 10 - 155, 10 + 75)  # inside the 160x80 mark
     assert not red(640 - 10 - 170, 10 + 40) and not red(640 - 10 - 80, 10 + 85)  # left of it, below it
 

@@ -38,6 +38,8 @@ def test_parse_output_maps_keys_and_fills_default_codecs() -> None:
     webm = parse_output("uri=s3://b1/o/a.webm,container=webm,crf=30")
     assert webm["video"]["codec"] == "vp9" and webm["name"] == "a"
     assert parse_output("uri=s3://b1/o/x.mkv,container=mkv,vcodec=h265")["video"] == {"codec": "h265"}
+    hdr = parse_output("uri=s3://b1/o/x.mkv,container=mkv,vcodec=h265,dynamic-range=hdr,pixel-format=yuv420p10le")
+    assert hdr["video"] == {"codec": "h265", "dynamicRange": "hdr", "pixelFormat": "yuv420p10le"}
 
 
 @pytest.mark.parametrize(("text", "fragment"), [

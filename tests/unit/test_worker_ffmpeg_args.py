@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transkube_api.models import CONTAINER_CODECS, InputFacts, TranscodeJobSpec
+from transkube_api.constants import CATEGORY_BY_REASON, ExitCode
+from transkube_api.models import CONTAINER_CODECS, InputFacts, MasteringDisplay, TranscodeJobSpec
 from transkube_worker.errors import InvalidInput
 from transkube_worker.ffmpeg_args import (
     GLOBAL_ARGS,
@@ -23,7 +24,9 @@ from transkube_worker.ffmpeg_args import (
 )
 
 IN = Path("/scratch/in put.mov")  # a space: harmless in an argv list, fatal in a shell string
-FACTS = InputFacts(duration_seconds=10.0, width=1920, height=1080, video_codec="h264", audio_codec="aac")
+# A 1080p 8-bit 4:2:0 input (untagged HD: BT.709), so that outputs need no colour filters.
+FACTS = InputFacts(duration_seconds=10.0, width=1920, height=1080, video_codec="h264", audio_codec="aac",
+                   pixel_format="yuv420p")
 
 
 def make_spec(*outputs: dict[str, Any]) -> TranscodeJobSpec:
@@ -110,18 +113,34 @@ def test_missing_output_path_is_an_error() -> None:
         build_argv(make_spec({"container": "mp4"}), IN, {}, FACTS, "cpu")
 
 
-@pytest.mark.parametrize(("output", "facts"), [
-    ({"container": "mkv", "audio": {"codec": "none"}}, InputFacts(audio_codec="mp3")),
-    ({"container": "mkv", "video": {"codec": "none"}}, InputFacts(video_codec="h264")),
+AUDIO_ONLY = InputFacts(duration_seconds=3, audio_codec="mp3", audio_streams=1)
+VIDEO_ONLY = InputFacts(duration_seconds=3, video_codec="h264", width=640, height=360, audio_streams=0)
+
+
+@pytest.mark.parametrize(("output", "facts", "reason"), [
+    ({"container": "mkv", "audio": {"codec": "none"}}, AUDIO_ONLY, "NoVideoStream"),
+    ({"container": "mp4"}, AUDIO_ONLY, "NoVideoStream"),  # the container's default video codec wants video too
+    ({"container": "mkv", "video": {"codec": "copy"}}, AUDIO_ONLY, "NoVideoStream"),
+    ({"container": "mkv", "video": {"codec": "none"}}, VIDEO_ONLY, "NoAudioStream"),
+    ({"container": "m4a"}, VIDEO_ONLY, "NoAudioStream"),
+    ({"container": "mkv", "audio": {"codec": "aac", "track": 1}},
+     FACTS.model_copy(update={"audio_streams": 1}), "AudioTrackNotFound"),
+    ({"container": "mkv", "audio": {"codec": "aac", "track": 0}}, VIDEO_ONLY, "AudioTrackNotFound"),
 ])
-def test_output_the_input_cannot_feed_is_invalid_input(output: dict[str, Any], facts: InputFacts) -> None:
-    with pytest.raises(InvalidInput, match="but the input has none"):
+def test_output_the_input_cannot_feed_fails_with_its_reason(output: dict[str, Any], facts: InputFacts,
+                                                            reason: str) -> None:
+    with pytest.raises(InvalidInput) as info:
         argv_for(output, facts=facts)
+    assert info.value.reason == reason and info.value.exit_code == ExitCode.INVALID_INPUT  # permanent
+    assert CATEGORY_BY_REASON[reason] == "BadInput"
 
 
-def test_partial_streams_are_fine() -> None:
-    argv_for({"container": "mkv"}, facts=InputFacts(audio_codec="mp3"))  # video+audio wanted, audio there
-    argv_for({"container": "mkv"}, facts=InputFacts(video_codec="h264"))
+def test_missing_optional_streams_are_fine() -> None:
+    argv_for({"container": "mkv"}, facts=VIDEO_ONLY)  # no audio: a silent video
+    argv_for({"container": "mp4", "audio": {"codec": "aac"}}, facts=VIDEO_ONLY)
+    argv_for({"container": "m4a"}, facts=AUDIO_ONLY)
+    argv_for({"container": "mkv", "audio": {"codec": "aac", "track": 1}},
+             facts=FACTS.model_copy(update={"audio_streams": 2}))
 
 
 # ---- containers ------------------------------------------------------------------------------------------
@@ -215,11 +234,12 @@ def test_copy_and_none() -> None:
 
 
 @pytest.mark.parametrize(("video", "expected"), [
-    ({"width": 1280, "height": 720}, "scale=1280:720"),
-    ({"width": 1280}, "scale=1280:-2"),
-    ({"height": 720}, "scale=-2:720"),
-    ({"resolution": "480p"}, "scale=-2:480"),
-    ({"resolution": "2160p"}, "scale=-2:2160"),
+    ({"width": 1280, "height": 720}, "scale=1280:720,setsar=1"),
+    ({"width": 1280}, "scale=1280:720,setsar=1"),
+    ({"height": 720}, "scale=1280:720,setsar=1"),
+    ({"resolution": "480p"}, "scale=854:480,setsar=1"),
+    ({"resolution": "2160p"}, "scale=3840:2160,setsar=1"),
+    ({"width": 640, "height": 640}, "scale=640:640,setsar=1"),  # both given: exactly that, square pixels
 ])
 def test_scaling(video: dict[str, Any], expected: str) -> None:
     assert pairs(output_section(argv_for({"video": {"codec": "h264", **video}})))["-vf"] == expected
@@ -274,7 +294,7 @@ def test_nvidia_h264_keeps_frames_on_gpu() -> None:
     p = pairs(output_section(argv))
     assert p["-c:v"] == "h264_nvenc" and p["-preset"] == "p5"
     assert p["-rc"] == "vbr" and p["-cq"] == "23" and p["-b:v"] == "0"
-    assert p["-vf"] == "scale_cuda=-2:720"
+    assert p["-vf"] == "scale_cuda=1280:720,setsar=1" and p["-profile:v"] == "high"
     assert "-crf" not in p
 
 
@@ -299,22 +319,27 @@ def test_nvidia_vp9_falls_back_to_cpu_encoder_and_system_memory_frames() -> None
                     {"container": "webm", "video": {"codec": "vp9", "height": 480}}, accelerator="nvidia")
     assert "-hwaccel" in argv and "-hwaccel_output_format" not in argv  # libvpx cannot read CUDA frames
     h264, vp9 = pairs(output_section(argv, 0)), pairs(output_section(argv, 1))
-    assert h264["-c:v"] == "h264_nvenc" and h264["-vf"] == "scale=-2:480"
-    assert vp9["-c:v"] == "libvpx-vp9" and vp9["-vf"] == "scale=-2:480"
+    assert h264["-c:v"] == "h264_nvenc" and h264["-vf"] == "scale=854:480,setsar=1"
+    assert vp9["-c:v"] == "libvpx-vp9" and vp9["-vf"] == "scale=854:480,setsar=1"
 
 
-def test_nvidia_pixel_format_uses_system_memory_frames() -> None:
-    argv = argv_for({"video": {"codec": "h264", "pixel_format": "yuv420p", "width": 640}}, accelerator="nvidia")
+def test_nvidia_pixel_format_conversion_uses_system_memory_frames() -> None:
+    argv = argv_for({"video": {"codec": "h264", "pixel_format": "yuv444p", "width": 640}}, accelerator="nvidia")
     assert "-hwaccel_output_format" not in argv
     p = pairs(output_section(argv))
-    assert p["-pix_fmt"] == "yuv420p" and p["-vf"] == "scale=640:-2"
+    assert p["-pix_fmt"] == "yuv444p" and p["-vf"] == "scale=640:360,setsar=1,format=yuv444p"
+    assert (p["-c:v"], p["-profile:v"]) == ("h264_nvenc", "high444p")
+    # 10-bit input to the default 8-bit output: converted on the CPU too.
+    ten = FACTS.model_copy(update={"pixel_format": "yuv420p10le"})
+    argv = argv_for({"video": {"codec": "h264", "width": 640}}, accelerator="nvidia", facts=ten)
+    assert "-hwaccel_output_format" not in argv and pairs(output_section(argv))["-vf"].endswith(",format=yuv420p")
 
 
 def test_nvidia_input_nvdec_cannot_decode_is_decoded_in_software() -> None:
     facts = FACTS.model_copy(update={"video_codec": "prores"})
     argv = argv_for({"video": {"codec": "h264", "height": 720}}, accelerator="nvidia", facts=facts)
     assert "-hwaccel_output_format" not in argv
-    assert pairs(output_section(argv))["-vf"] == "scale=-2:720"
+    assert pairs(output_section(argv))["-vf"] == "scale=1280:720,setsar=1"
 
 
 def test_nvidia_without_video_encoding_needs_no_hwaccel() -> None:
@@ -409,3 +434,180 @@ def test_real_ffmpeg_multiple_outputs_copy_and_drop(tmp_path: Path, clip: Path) 
     assert [(s["codec_name"], s["channels"], s["sample_rate"]) for s in audio_only["streams"]] == [("aac", 1, "22050")]
     [v] = video_only["streams"]
     assert (v["codec_name"], v["width"], v["height"], v["avg_frame_rate"]) == ("h264", 200, 150, "10/1")
+
+
+# ---- playability: pixel format, profile, colour, geometry, time ------------------------------------------
+
+HDR10 = FACTS.model_copy(update={
+    "pixel_format": "yuv420p10le", "bit_depth": 10, "color_primaries": "bt2020", "color_transfer": "smpte2084",
+    "color_space": "bt2020nc", "color_range": "tv", "hdr": "pq", "max_cll": 1000, "max_fall": 400,
+    "mastering_display": MasteringDisplay(red=[0.68, 0.32], green=[0.265, 0.69], blue=[0.15, 0.06],
+                                          white_point=[0.3127, 0.329], max_luminance=1000, min_luminance=0.005)})
+HLG = HDR10.model_copy(update={"color_transfer": "arib-std-b67", "hdr": "hlg", "mastering_display": None,
+                               "max_cll": None, "max_fall": None})
+BT709_TAGS = {"-color_primaries": "bt709", "-color_trc": "bt709", "-colorspace": "bt709", "-color_range": "tv"}
+
+
+def tags(p: dict[str, str]) -> dict[str, str]:
+    return {k: p[k] for k in BT709_TAGS}
+
+
+@pytest.mark.parametrize(("container", "codec", "profile"), [
+    ("mp4", "h264", "high"), ("mov", "h264", "high"), ("mkv", "h264", "high"), ("mp4", "h265", "main"),
+    ("mkv", "h265", "main"), ("webm", "vp9", "0"), ("mp4", "vp9", "0"), ("webm", "av1", None), ("mkv", "av1", None),
+])
+def test_default_is_8bit_420_with_a_playable_profile_and_bt709_tags(container: str, codec: str,
+                                                                     profile: str | None) -> None:
+    for facts in (FACTS, FACTS.model_copy(update={"pixel_format": "yuv444p10le"}), HDR10):
+        p = pairs(output_section(argv_for({"container": container, "video": {"codec": codec}}, facts=facts)))
+        assert p["-pix_fmt"] == "yuv420p" and p.get("-profile:v") == profile
+        assert tags(p) == BT709_TAGS
+        if codec == "h265" and container in ("mp4", "mov"):
+            assert p["-tag:v"] == "hvc1"
+
+
+@pytest.mark.parametrize(("codec", "pix_fmt", "profile"), [
+    ("h264", "yuv422p", "high422"), ("h264", "yuv444p", "high444"), ("h264", "yuv420p10le", "high10"),
+    ("h265", "yuv420p10le", "main10"), ("h265", "yuv422p", "main422-10"), ("h265", "yuv444p", "main444-8"),
+    ("vp9", "yuv420p10le", "2"), ("vp9", "yuv422p", "1"), ("vp9", "yuv444p", "1"), ("av1", "yuv420p10le", None),
+])
+def test_more_bits_or_chroma_only_when_asked(codec: str, pix_fmt: str, profile: str | None) -> None:
+    p = pairs(output_section(argv_for({"container": "mkv", "video": {"codec": codec, "pixel_format": pix_fmt}})))
+    assert (p["-pix_fmt"], p.get("-profile:v")) == (pix_fmt, profile)
+    assert p["-vf"] == f"format={pix_fmt}" and tags(p) == BT709_TAGS
+
+
+def test_lossless_h264_leaves_the_profile_to_x264() -> None:
+    assert "-profile:v" not in output_section(argv_for({"video": {"codec": "h264", "crf": 0}}))
+
+
+def test_higher_bit_depth_and_chroma_inputs_are_converted_to_420_8bit() -> None:
+    for fmt in ("yuv420p10le", "yuv422p", "yuv444p", "yuv422p10le"):
+        p = pairs(output_section(argv_for({"video": {"codec": "h264"}},
+                                          facts=FACTS.model_copy(update={"pixel_format": fmt}))))
+        assert p["-vf"] == "format=yuv420p" and p["-profile:v"] == "high"
+    assert "-vf" not in output_section(argv_for({"video": {"codec": "h264"}}))  # already yuv420p: no filter
+
+
+TONEMAP_PQ = ("zscale=pin=bt2020:tin=smpte2084:min=bt2020nc:rin=tv:t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,"
+              "tonemap=tonemap=mobius:desat=0,zscale=t=bt709:m=bt709:r=tv:d=error_diffusion,format=yuv420p")
+
+
+def test_hdr_input_is_tone_mapped_to_sdr_by_default() -> None:
+    p = pairs(output_section(argv_for({"video": {"codec": "h264", "resolution": "720p"}}, facts=HDR10)))
+    assert p["-vf"] == "scale=1280:720,setsar=1," + TONEMAP_PQ  # scaled first: tone mapping on fewer pixels
+    assert tags(p) == BT709_TAGS and p["-pix_fmt"] == "yuv420p"
+    hlg = pairs(output_section(argv_for({"video": {"codec": "h265"}}, facts=HLG)))
+    assert hlg["-vf"] == TONEMAP_PQ.replace("tin=smpte2084", "tin=arib-std-b67")
+    assert "master-display" not in hlg["-x265-params"]
+    # Asking for hdr on an SDR input changes nothing: no inverse tone mapping.
+    sdr = pairs(output_section(argv_for({"video": {"codec": "h265", "dynamic_range": "hdr"}})))
+    assert sdr["-pix_fmt"] == "yuv420p" and tags(sdr) == BT709_TAGS
+    # A 10-bit SDR output of an HDR input: tone-mapped, kept at 10 bits.
+    ten = pairs(output_section(argv_for({"video": {"codec": "h265", "pixel_format": "yuv420p10le"}}, facts=HDR10)))
+    assert ten["-vf"].endswith(",format=yuv420p10le") and "tonemap" in ten["-vf"] and ten["-profile:v"] == "main10"
+
+
+def test_kept_hdr_is_10bit_with_its_colour_and_hdr10_metadata() -> None:
+    hdr_tags = {"-color_primaries": "bt2020", "-color_trc": "smpte2084", "-colorspace": "bt2020nc",
+                "-color_range": "tv"}
+    p = pairs(output_section(argv_for({"video": {"codec": "h265", "dynamic_range": "hdr"}}, facts=HDR10)))
+    assert (p["-pix_fmt"], p["-profile:v"], p["-tag:v"]) == ("yuv420p10le", "main10", "hvc1")
+    assert tags(p) == hdr_tags and "-vf" not in p  # already 10-bit 4:2:0 PQ: nothing to convert
+    assert p["-x265-params"] == ("log-level=error:master-display=G(13250,34500)B(7500,3000)R(34000,16000)"
+                                 "WP(15635,16450)L(10000000,50):max-cll=1000,400")
+    av1 = pairs(output_section(argv_for({"container": "mkv", "video": {"codec": "av1", "dynamic_range": "hdr"}},
+                                        facts=HDR10)))
+    assert av1["-svtav1-params"] == ("mastering-display=G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)"
+                                     "L(1000,0.005):content-light=1000,400")
+    assert av1["-pix_fmt"] == "yuv420p10le" and tags(av1) == hdr_tags
+    vp9 = pairs(output_section(argv_for({"container": "webm", "video": {"codec": "vp9", "dynamic_range": "hdr"}},
+                                        facts=HLG)))
+    assert (vp9["-pix_fmt"], vp9["-profile:v"], vp9["-color_trc"]) == ("yuv420p10le", "2", "arib-std-b67")
+    nvenc = pairs(output_section(argv_for({"video": {"codec": "h265", "dynamic_range": "hdr"}}, facts=HDR10,
+                                          accelerator="nvidia")))
+    assert (nvenc["-c:v"], nvenc["-pix_fmt"], nvenc["-profile:v"]) == ("hevc_nvenc", "p010le", "main10")
+    assert tags(nvenc) == hdr_tags
+
+
+def test_sdr_colour_is_converted_to_bt709_when_it_is_not() -> None:
+    sd = InputFacts(duration_seconds=2, width=720, height=480, video_codec="mpeg2video", pixel_format="yuv420p")
+    p = pairs(output_section(argv_for({"video": {"codec": "h264"}}, facts=sd)))  # untagged SD: BT.601
+    assert p["-vf"] == ("zscale=pin=bt709:tin=bt709:min=smpte170m:rin=tv:p=bt709:t=bt709:m=bt709:r=tv,"
+                        "format=yuv420p")
+    full = FACTS.model_copy(update={"pixel_format": "yuvj420p", "color_range": "pc"})
+    assert "rin=pc:p=bt709:t=bt709:m=bt709:r=tv" in pairs(output_section(argv_for({}, facts=full)))["-vf"]
+    rgb = FACTS.model_copy(update={"pixel_format": "gbrp", "color_space": "gbr"})
+    assert "min=gbr:rin=pc:" in pairs(output_section(argv_for({}, facts=rgb)))["-vf"]
+    tagged = FACTS.model_copy(update={"color_primaries": "bt709", "color_transfer": "bt709", "color_space": "bt709",
+                                      "color_range": "tv"})
+    assert "-vf" not in output_section(argv_for({}, facts=tagged))
+
+
+@pytest.mark.parametrize(("facts", "video", "vf"), [
+    # Named sizes are the short side: a portrait phone video's 720p is 720x1280.
+    (InputFacts(width=1080, height=1920), {"resolution": "720p"}, "scale=720:1280,setsar=1"),
+    (InputFacts(width=1920, height=1080), {"resolution": "720p"}, "scale=1280:720,setsar=1"),
+    # Rotated by 90 (facts are upright already: ffmpeg rotates while decoding).
+    (InputFacts(width=180, height=320, rotation=90), {"resolution": "240p"}, "scale=240:426,setsar=1"),
+    # Explicit sizes keep their meaning.
+    (InputFacts(width=1080, height=1920), {"height": 720}, "scale=406:720,setsar=1"),
+    (InputFacts(width=1080, height=1920), {"width": 720}, "scale=720:1280,setsar=1"),
+    # Anamorphic: square pixels at the display aspect, lines kept (480x360 at 4:3 shows as 640x360).
+    (InputFacts(width=480, height=360, sample_aspect_ratio="4:3"), {}, "scale=640:360,setsar=1"),
+    (InputFacts(width=480, height=360, sample_aspect_ratio="4:3"), {"resolution": "240p"}, "scale=426:240,setsar=1"),
+    (InputFacts(width=720, height=480, sample_aspect_ratio="32:27"), {}, "scale=852:480,setsar=1"),
+    # Odd sizes: the odd line cropped (no resampling) or scaled to an even size.
+    (InputFacts(width=1279, height=719), {}, "crop=1278:718:0:0"),
+    (InputFacts(width=1279, height=719), {"resolution": "720p"}, "scale=1280:720,setsar=1"),
+    (InputFacts(width=1279, height=719), {"resolution": "360p"}, "scale=640:360,setsar=1"),
+])
+def test_geometry_is_upright_square_and_even(facts: InputFacts, video: dict[str, Any], vf: str) -> None:
+    facts = facts.model_copy(update={"video_codec": "h264", "pixel_format": "yuv420p", "duration_seconds": 2,
+                                     "color_space": "bt709"})  # tagged: no colour conversion in the way
+    assert pairs(output_section(argv_for({"video": {"codec": "h264", **video}}, facts=facts)))["-vf"] == vf
+
+
+def test_aspect_filter_on_an_anamorphic_input_works_in_square_pixels() -> None:
+    facts = InputFacts(width=480, height=360, sample_aspect_ratio="4:3", video_codec="h264", pixel_format="yuv420p",
+                       color_space="bt709")
+    vf = pairs(output_section(argv_for({"video": {"codec": "h264", "resolution": "240p"},
+                                        "filters": {"aspect": {"ratio": "1:1"}}}, facts=facts)))["-vf"].split(",")
+    assert vf[:2] == ["scale=640:360", "setsar=1"] and vf[2].startswith("crop=") and vf[-2:] == [
+        "scale=240:240", "setsar=1"]
+
+
+def test_interlaced_input_is_deinterlaced_unless_told_not_to() -> None:
+    facts = FACTS.model_copy(update={"interlaced": True})
+    assert pairs(output_section(argv_for({}, facts=facts)))["-vf"] == "bwdif=mode=send_frame:parity=auto:deint=all"
+    assert "-vf" not in output_section(argv_for({"filters": {"deinterlace": False}}, facts=facts))
+    assert "bwdif" in pairs(output_section(argv_for({"filters": {"deinterlace": True}})))["-vf"]
+    assert "-vf" not in output_section(argv_for({}))
+
+
+@pytest.mark.parametrize(("avg", "base", "rate"), [
+    (25.862, 60.0, "30"),  # 30 then 20 fps on a 60 fps grid: 30, the lowest fraction of 60 above the average
+    (29.5, 30.0, None),  # within 2%: constant
+    (14.9, 30.0, "15"), (23.0, 90000.0, "24000/1001"), (27.3, 1000.0, "30000/1001"), (70.0, 5000.0, "60"),
+])
+def test_variable_frame_rate_comes_out_constant(avg: float, base: float, rate: str | None) -> None:
+    facts = FACTS.model_copy(update={"frame_rate": avg, "base_frame_rate": base,
+                                     "variable_frame_rate": abs(avg - base) > 0.02 * base})
+    section = output_section(argv_for({}, facts=facts))
+    assert pairs(section).get("-vf") == (f"fps={rate}" if rate else None)
+    explicit = pairs(output_section(argv_for({"video": {"codec": "h264", "fps": 24}}, facts=facts)))
+    assert "-vf" not in explicit and explicit["-r"] == "24"  # video.fps decides instead
+
+
+def test_nvenc_takes_what_it_can_encode_and_leaves_the_rest_to_the_cpu() -> None:
+    # NVENC has no 4:2:2 and no 10-bit h264: those outputs are encoded by x264 on a GPU job, like vp9.
+    for video in ({"codec": "h264", "pixel_format": "yuv422p"}, {"codec": "h264", "pixel_format": "yuv420p10le"},
+                  {"codec": "h265", "pixel_format": "yuv422p"}):
+        p = pairs(output_section(argv_for({"container": "mkv", "video": video}, accelerator="nvidia")))
+        assert p["-c:v"] in ("libx264", "libx265") and p["-pix_fmt"] == video["pixel_format"], p
+    av1 = pairs(output_section(argv_for({"container": "mkv", "video": {"codec": "av1", "dynamic_range": "hdr"}},
+                                        facts=HDR10, accelerator="nvidia")))
+    assert (av1["-c:v"], av1["-pix_fmt"], av1["-profile:v"], av1["-color_trc"]) == (
+        "av1_nvenc", "p010le", "main", "smpte2084")
+    sdr = pairs(output_section(argv_for({"video": {"codec": "h264"}}, facts=HDR10, accelerator="nvidia")))
+    assert sdr["-c:v"] == "h264_nvenc" and "tonemap" in sdr["-vf"] and tags(sdr) == BT709_TAGS

@@ -17,7 +17,6 @@ from transkube_worker.ffmpeg_args import (
     INPUT_DEMUXERS,
     Limits,
     LoudnormMeasurement,
-    aspect_filters,
     audio_args,
     build_argv,
     output_paths,
@@ -36,6 +35,7 @@ from transkube_worker.media_args import (
     stream_argv,
     thumbnails_argv,
 )
+from transkube_worker.playability import aspect_filters
 from transkube_worker.probe import parse_input_facts, rotation_of
 from transkube_worker.steps import analysis_steps, media_steps
 
@@ -87,7 +87,9 @@ def test_hls_argv_splits_once_and_aligns_keyframes() -> None:
     argv = stream_argv(o, IN, Path("/scratch/out/o"), HD)
     graph = value(argv, "-filter_complex")
     assert graph.startswith("[0:V:0]split=3[s0][s1][s2];")
-    assert "[s0]scale=-2:1080,setdar=1920/1080[v0]" in graph and "[s2]scale=-2:480,setdar=1920/1080[v2]" in graph
+    # HD facts without a pixel format: each rendition is made yuv420p explicitly.
+    assert "[s0]scale=1920:1080,setdar=1920/1080,format=yuv420p[v0]" in graph
+    assert "[s2]scale=854:480,setdar=1920/1080,format=yuv420p[v2]" in graph
     assert argv.count("-filter_complex") == 1 and argv.count("-i") == 1  # one decode
     assert value(argv, "-force_key_frames") == "expr:gte(t,n_forced*6)"
     assert (value(argv, "-g"), value(argv, "-keyint_min"), value(argv, "-sc_threshold")) == ("150", "150", "0")
@@ -119,7 +121,7 @@ def test_thumbnails_at_times_seek_each_input() -> None:
     argv = thumbnails_argv(o, IN, Path("/t"), HD)
     assert argv.count("-i") == 2 and value(argv, "-ss") == "1"
     assert [a for a in argv if a.startswith("file:/t/")] == ["file:/t/thumb-00001.jpg", "file:/t/thumb-00002.jpg"]
-    assert "scale=320:-2" in argv
+    assert value(argv, "-vf").startswith("scale=320:180,setsar=1,zscale=")  # to JPEG's BT.601 full range
     with pytest.raises(InvalidInput, match="past the input's end"):
         thumbnails_argv(output(type="thumbnails", uri="s3://bkt/t/", thumbnails={"times": [10]}), IN, Path("/t"), HD)
 
@@ -127,7 +129,9 @@ def test_thumbnails_at_times_seek_each_input() -> None:
 def test_thumbnails_every_n_seconds() -> None:
     o = output(type="thumbnails", uri="s3://bkt/t/", thumbnails={"intervalSeconds": 2.5, "format": "webp"})
     argv = thumbnails_argv(o, IN, Path("/t"), HD)
-    assert value(argv, "-vf") == "fps=1/2.5" and value(argv, "-c:v") == "libwebp"
+    assert value(argv, "-vf") == ("fps=1/2.5,zscale=pin=bt709:tin=bt709:min=bt709:rin=tv:p=bt709:t=bt709:"
+                                  "m=smpte170m:r=tv,format=yuv420p")  # WebP decoders assume BT.601
+    assert value(argv, "-c:v") == "libwebp" and value(argv, "-pix_fmt") == "yuv420p"
     assert argv[-1] == "file:/t/thumb-%05d.webp"
 
 
@@ -137,7 +141,9 @@ def test_sprite_layout_and_storyboard() -> None:
     layout = sprite_layout(o, facts)
     assert (layout.tiles, layout.columns, layout.rows, layout.tile_width, layout.tile_height) == (4, 3, 2, 160, 90)
     argv = sprite_argv(o, IN, Path("/s"), facts)
-    assert value(argv, "-vf") == "fps=1/3,scale=160:90,setsar=1,tile=3x2"
+    # SD, untagged: BT.601 already, only the range changes for JPEG.
+    assert value(argv, "-vf") == ("fps=1/3,scale=160:90,setsar=1,zscale=pin=bt709:tin=bt709:min=smpte170m:rin=tv:"
+                                  "p=bt709:t=bt709:m=smpte170m:r=pc,format=yuvj420p,tile=3x2")
     vtt = storyboard_vtt(layout)
     assert vtt.splitlines()[:4] == ["WEBVTT", "", "00:00:00.000 --> 00:00:03.000", "sprite.jpg#xywh=0,0,160,90"]
     assert "00:00:09.000 --> 00:00:10.000\nsprite.jpg#xywh=0,90,160,90" in vtt
@@ -191,7 +197,7 @@ def test_trim_and_filters_in_the_file_argv() -> None:
     assert argv.index("-ss") > argv.index("-i") + 1  # an output option: frame-accurate
     vf = value(argv, "-vf").split(",")
     assert vf[0].startswith("bwdif") and vf[1] == "hqdn3d=8:6:12:9" and vf[2].startswith("crop=")
-    assert vf[-1] == "scale=-2:480"
+    assert vf[-3:] == ["scale=480:480", "setsar=1", "format=yuv420p"]  # 480p of the 1080x1080 crop
     assert trim_args(output(uri="s3://bkt/o.mp4", container="mp4", trim={"durationSeconds": 3})) == ["-t", "3"]
     assert aspect_filters(spec.outputs[0].filters.aspect)[0] == (  # type: ignore[union-attr]
         "crop=w='trunc(min(iw,ih*1/1)/2)*2':h='trunc(min(ih,iw*1/1)/2)*2'")

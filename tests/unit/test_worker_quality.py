@@ -35,11 +35,17 @@ def graph(argv: list[str]) -> str:
     return argv[argv.index("-filter_complex") + 1]
 
 
+# A 720p 8-bit BT.709 source with audio.
+SRC_FACTS = InputFacts(duration_seconds=10, width=1280, height=720, video_codec="h264", pixel_format="yuv420p",
+                       frame_rate=25, stream_count=2)
+
+
 def test_reference_is_scaled_to_the_output_and_both_start_at_zero() -> None:
-    argv = quality_argv(output(), OUT, SRC, 426, 240, ["psnr", "ssim"])
+    argv = quality_argv(output(video={"codec": "h264", "resolution": "240p"}), OUT, SRC, SRC_FACTS, 426, 240,
+                        ["psnr", "ssim"])
     g = graph(argv)
     assert g.startswith("[0:V:0]format=yuv420p,setpts=PTS-STARTPTS,split=2[d0][d1];")
-    assert "[1:V:0]scale=426:240:flags=bicubic,format=yuv420p,setpts=PTS-STARTPTS,split=2[r0][r1]" in g
+    assert "[1:V:0]scale=426:240,setsar=1,format=yuv420p,setpts=PTS-STARTPTS,split=2[r0][r1]" in g
     assert g.endswith("[d0][r0]psnr=shortest=1;[d1][r1]ssim=shortest=1")
     assert argv[argv.index("-loglevel") + 1] == "info" and argv[-3:] == ["-f", "null", "-"]
     # Both inputs hardened like every other input: file protocol only, whitelisted demuxers.
@@ -51,11 +57,29 @@ def test_reference_is_scaled_to_the_output_and_both_start_at_zero() -> None:
 def test_reference_honours_trim_and_filters() -> None:
     o = output(video={"codec": "h264"}, trim={"startSeconds": 1.5, "durationSeconds": 2},
                filters={"deinterlace": True, "aspect": {"ratio": "1:1"}})
-    argv = quality_argv(o, OUT, SRC, 240, 240, ["ssim"], frame_rate=25, stream_count=2)
+    o = o.model_copy(update={"video": o.video.model_copy(update={"resolution": "240p"})})  # type: ignore[union-attr]
+    argv = quality_argv(o, OUT, SRC, SRC_FACTS, 240, 240, ["ssim"])
     assert argv[argv.index(f"file:{OUT}") + 1:].count("-ss") == 0  # the cut is a filter, not a seek
     g = graph(argv)
-    assert "[1:V:0]bwdif=" in g and "crop=" in g and "trim=start=1.4795:duration=2.021,scale=240:240" in g
+    # The output's own chain (deinterlace, crop to 1:1, scale), with the cut after the frame-rate filters.
+    assert "[1:V:0]bwdif=" in g and ",trim=start=1.4795:duration=2.021,crop=" in g
+    assert ",scale=240:240,setsar=1,format=yuv420p,setpts=PTS-STARTPTS,split=1[r0]" in g
     assert "split=1[d0]" in g and g.endswith("[d0][r0]ssim=shortest=1")
+    # Another size than planned (should not happen): scaled to what was probed.
+    assert ",scale=200:200,format=yuv420p" in graph(quality_argv(o, OUT, SRC, SRC_FACTS, 200, 200, ["ssim"]))
+
+
+def test_reference_goes_through_the_same_colour_path() -> None:
+    hdr = SRC_FACTS.model_copy(update={"pixel_format": "yuv420p10le", "color_transfer": "smpte2084",
+                                       "color_primaries": "bt2020", "color_space": "bt2020nc", "hdr": "pq"})
+    sdr = graph(quality_argv(output(), OUT, SRC, hdr, 1280, 720, ["psnr"]))
+    assert "tonemap=tonemap=mobius" in sdr and sdr.startswith("[0:V:0]format=yuv420p,")
+    kept = output(video={"codec": "h265", "dynamicRange": "hdr"})
+    g = graph(quality_argv(kept, OUT, SRC, hdr, 1280, 720, ["psnr"]))
+    assert "tonemap" not in g and "zscale" not in g and g.startswith("[0:V:0]format=yuv420p10le,")
+    assert "[1:V:0]format=yuv420p10le,setpts" in g
+    vfr = SRC_FACTS.model_copy(update={"frame_rate": 25.862, "base_frame_rate": 60.0, "variable_frame_rate": True})
+    assert "[1:V:0]fps=30,format=yuv420p" in graph(quality_argv(output(), OUT, SRC, vfr, 1280, 720, ["psnr"]))
 
 
 def test_reference_cut_follows_ffmpeg_output_seek() -> None:
@@ -71,11 +95,11 @@ def test_reference_cut_follows_ffmpeg_output_seek() -> None:
 
 
 def test_vmaf_uses_libvmaf_and_is_reported_unavailable_without_it() -> None:
-    assert graph(quality_argv(output(), OUT, SRC, 64, 64, ["vmaf"])).endswith("[d0][r0]libvmaf")
+    assert graph(quality_argv(output(), OUT, SRC, SRC_FACTS, 64, 64, ["vmaf"])).endswith("[d0][r0]libvmaf")
     assert computable(["psnr", "ssim", "vmaf"], frozenset({"psnr", "ssim"})) == (["psnr", "ssim"], ["vmaf"])
     assert computable(["vmaf"], frozenset({"psnr", "ssim", "libvmaf"})) == (["vmaf"], [])
     with pytest.raises(ValueError, match="no metric"):
-        quality_argv(output(), OUT, SRC, 64, 64, [])
+        quality_argv(output(), OUT, SRC, SRC_FACTS, 64, 64, [])
 
 
 STDERR = """\
@@ -157,8 +181,9 @@ def test_package_reference_is_cut_like_a_cfr_muxer() -> None:
     o = package(trim={"startSeconds": 1.5, "durationSeconds": 3})
     assert cfr_sync(o, 1) and cfr_sync(package("dash"), 1)
     rendition = Path("/scratch/out/.quality-pkg-240p.mp4")
-    argv = quality_argv(o, rendition, SRC, 426, 240, ["psnr"], frame_rate=25, stream_count=1)
-    assert "[1:V:0]trim=start=1.4795:duration=3.021,scale=426:240:flags=bicubic" in graph(argv)
+    facts = SRC_FACTS.model_copy(update={"stream_count": 1})
+    argv = quality_argv(o, rendition, SRC, facts, 426, 240, ["psnr"])
+    assert "[1:V:0]trim=start=1.4795:duration=3.021,scale=426:240,format=yuv420p,setpts" in graph(argv)
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-i"] == [f"file:{rendition}", f"file:{SRC}"]
     assert argv.count("-protocol_whitelist") == 2 and argv[argv.index("-protocol_whitelist") + 1] == "file"
     whitelist = argv[argv.index("-format_whitelist") + 1].split(",")

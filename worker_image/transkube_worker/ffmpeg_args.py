@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from transkube_api.constants import REASON_AUDIO_TRACK_NOT_FOUND, REASON_NO_AUDIO_STREAM, REASON_NO_VIDEO_STREAM
 from transkube_api.models import (
-    RESOLUTION_HEIGHTS,
-    AspectSpec,
     AudioSpec,
     FiltersSpec,
     InputFacts,
@@ -30,6 +29,24 @@ from transkube_api.models import (
 )
 
 from .errors import InvalidInput
+from .playability import (
+    DEINTERLACE,
+    NVENC_FORMATS,
+    Colour,
+    Geometry,
+    colour_chain,
+    constant_rate,
+    cpu_profile,
+    deinterlaces,
+    geometry,
+    keeps_hdr,
+    output_colour,
+    pixel_format,
+    rate_text,
+    source_colour,
+    svtav1_hdr_params,
+    x265_hdr_params,
+)
 
 Accelerator = Literal["cpu", "nvidia"]
 
@@ -149,37 +166,89 @@ def format_fps(fps: float) -> str:
     return f"{fps:g}"
 
 
-def uses_nvenc(output: OutputSpec, accelerator: Accelerator) -> bool:
-    return accelerator == "nvidia" and output.video_codec in NVENC_ENCODERS
+def default_video(output: OutputSpec) -> VideoSpec:
+    """An unset `video` means the container's default codec with encoder defaults."""
+    return output.video or VideoSpec.model_validate({"codec": output.video_codec})
+
+
+def uses_nvenc(output: OutputSpec, accelerator: Accelerator, facts: InputFacts) -> bool:
+    """NVENC encodes this output: a GPU job, a codec NVENC has, and a pixel format it takes (else the CPU
+    encoder does it, like vp9)."""
+    codec = output.video_codec
+    return (accelerator == "nvidia" and codec in NVENC_ENCODERS
+            and pixel_format(default_video(output), facts) in NVENC_FORMATS[codec])
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """How one output's video is made: the filters in order (`pre`: deinterlace, denoise, constant frame rate;
+    then `geometry`; then `colour`: tone mapping, colour conversion, pixel format), and the encoder's pixel
+    format, profile and colour tags."""
+
+    pre: list[str]
+    geometry: Geometry
+    colour: list[str]
+    pix_fmt: str  # as the encoder takes it (p010le for 10-bit on NVENC)
+    profile: str | None
+    tags: Colour
+    nvenc: bool
+
+    @property
+    def filters(self) -> list[str]:
+        return [*self.pre, *self.geometry.filters, *self.colour]
+
+
+def pre_filters(filters: FiltersSpec | None, facts: InputFacts, *, constant_fps: bool = True) -> list[str]:
+    """What comes before any size change, in a fixed order: deinterlace (asked for, or the input is interlaced),
+    denoise, and for a variable-frame-rate input its constant rate (unless the output sets video.fps)."""
+    chain = [DEINTERLACE] if deinterlaces(filters, facts) else []
+    if filters is not None and filters.denoise:
+        chain.append(f"hqdn3d={DENOISE[filters.denoise]}")
+    rate = constant_rate(facts) if constant_fps else None
+    if rate is not None:
+        chain.append(f"fps={rate_text(rate)}")
+    return chain
+
+
+def plan_video(output: OutputSpec, facts: InputFacts, accelerator: Accelerator = "cpu", *,
+               on_gpu: bool = False) -> VideoPlan:
+    """The playable default (8-bit 4:2:0, BT.709, square pixels, even size, progressive, constant frame rate)
+    or what the spec asks for instead. `on_gpu`: decoded frames stay CUDA frames (see cuda_frames)."""
+    video = default_video(output)
+    codec = output.video_codec
+    nvenc = uses_nvenc(output, accelerator, facts)
+    requested = pixel_format(video, facts)
+    pix_fmt, profile = NVENC_FORMATS[codec][requested] if nvenc else (
+        requested, cpu_profile(codec, requested, video.crf))
+    tags = output_colour(video, facts)
+    aspect = output.filters.aspect if output.filters else None
+    return VideoPlan(
+        pre=[] if on_gpu else pre_filters(output.filters, facts, constant_fps=video.fps is None),
+        geometry=geometry(video, facts, aspect, on_gpu=on_gpu and nvenc),
+        colour=[] if on_gpu else colour_chain(source_colour(facts), tags, facts.pixel_format, pix_fmt),
+        pix_fmt=pix_fmt, profile=profile, tags=tags, nvenc=nvenc)
+
+
+def gpu_ready(output: OutputSpec, facts: InputFacts, accelerator: Accelerator) -> bool:
+    """NVENC can take this output's frames straight from NVDEC: nothing to do on the CPU (no deinterlace, frame
+    rate, colour or pixel format conversion, no filters) and a plain resize at most."""
+    plan = plan_video(output, facts, accelerator)
+    return (plan.nvenc and output.filters is None and not plan.pre and not plan.colour
+            and all(f.startswith(("scale=", "setsar=")) for f in plan.geometry.filters))
 
 
 def cuda_frames(spec: TranscodeJobSpec, facts: InputFacts, accelerator: Accelerator) -> bool:
     """Whether decoded frames may stay in GPU memory (`-hwaccel_output_format cuda`).
 
-    Only when every re-encoded video output is NVENC (a CPU encoder such as libvpx-vp9 cannot read CUDA frames),
-    none asks for a pixel format (format conversion is done by the CPU path), and NVDEC can decode the input
-    (otherwise ffmpeg silently decodes in software and the CUDA-only filters would fail). Else frames are
-    copied back to system memory automatically by ffmpeg: slower, always correct.
+    Only when every re-encoded video output is NVENC with nothing to do on the CPU (a CPU encoder such as
+    libvpx-vp9, or a CPU filter, cannot read CUDA frames) and NVDEC can decode the input (otherwise ffmpeg
+    silently decodes in software and the CUDA-only filters would fail). Else frames are copied back to system
+    memory automatically by ffmpeg: slower, always correct.
     """
     if accelerator != "nvidia" or facts.video_codec not in NVDEC_CODECS:
         return False
     encoding = [o for o in spec.outputs if o.type == "file" and o.video_codec not in ("copy", "none")]
-    return bool(encoding) and all(
-        uses_nvenc(o, accelerator) and not (o.video and o.video.pixel_format) and o.filters is None
-        for o in encoding
-    )
-
-
-def scale_filter(video: VideoSpec, on_gpu: bool) -> str | None:
-    """`scale=W:H`, or `-2` for the side that keeps the aspect ratio (and stays even, as encoders need)."""
-    if video.resolution is not None:
-        width, height = -2, RESOLUTION_HEIGHTS[video.resolution]
-    elif video.width is not None or video.height is not None:
-        width = video.width if video.width is not None else -2
-        height = video.height if video.height is not None else -2
-    else:
-        return None
-    return f"{'scale_cuda' if on_gpu else 'scale'}={width}:{height}"
+    return bool(encoding) and all(gpu_ready(o, facts, accelerator) for o in encoding)
 
 
 def _rate_control_cpu(codec: str, video: VideoSpec) -> list[str]:
@@ -196,20 +265,26 @@ def _rate_control_cpu(codec: str, video: VideoSpec) -> list[str]:
     return []
 
 
-def _video_cpu(output: OutputSpec, video: VideoSpec) -> list[str]:
+def _video_cpu(output: OutputSpec, video: VideoSpec, facts: InputFacts) -> list[str]:
     codec = output.video_codec
     preset = video.preset or DEFAULT_PRESET
+    hdr = keeps_hdr(video, facts)
     args = ["-c:v", CPU_VIDEO_ENCODERS[codec]]
     if codec == "h264":
         args += ["-preset", preset]
     elif codec == "h265":
-        # x265 logs its banner and stats itself, ignoring -loglevel; keep stderr for real errors.
-        args += ["-preset", preset, "-x265-params", "log-level=error"]
+        # x265 logs its banner and stats itself, ignoring -loglevel; keep stderr for real errors. HDR10 metadata
+        # is x265's own parameter (ffmpeg 5.1 does not pass the input's on).
+        params = ["log-level=error", *(x265_hdr_params(facts) if hdr else [])]
+        args += ["-preset", preset, "-x265-params", ":".join(params)]
     elif codec == "vp9":
         # row-mt: libvpx is single-threaded per tile row without it, far slower for no quality gain.
         args += ["-deadline", "good", "-cpu-used", str(VP9_CPU_USED[preset]), "-row-mt", "1"]
     elif codec == "av1":
         args += ["-preset", str(SVT_AV1_PRESETS[preset])]
+        params = svtav1_hdr_params(facts) if hdr else []
+        if params:
+            args += ["-svtav1-params", ":".join(params)]
     return args + _rate_control_cpu(codec, video)
 
 
@@ -224,30 +299,6 @@ def _video_nvenc(output: OutputSpec, video: VideoSpec) -> list[str]:
         args += ["-rc", "vbr", "-b:v", video.bitrate, "-maxrate", _kbits(bits * MAXRATE_FACTOR),
                  "-bufsize", _kbits(bits * BUFSIZE_FACTOR)]
     return args
-
-
-def aspect_filters(aspect: AspectSpec) -> list[str]:
-    """Center crop or pad to a display aspect ratio, keeping even sizes (encoders need them)."""
-    num, den = (int(x) for x in aspect.ratio.split(":"))
-    if aspect.mode == "crop":
-        size = f"w='trunc(min(iw,ih*{num}/{den})/2)*2':h='trunc(min(ih,iw*{den}/{num})/2)*2'"
-        return [f"crop={size}", "setsar=1"]
-    size = f"w='trunc(max(iw,ih*{num}/{den})/2)*2':h='trunc(max(ih,iw*{den}/{num})/2)*2'"
-    return [f"pad={size}:x='(ow-iw)/2':y='(oh-ih)/2':color=black", "setsar=1"]
-
-
-def pre_filters(filters: FiltersSpec | None) -> list[str]:
-    """The edits that come before scaling, in a fixed order: deinterlace, denoise, aspect crop/pad."""
-    if filters is None:
-        return []
-    chain = []
-    if filters.deinterlace:
-        chain.append("bwdif=mode=send_frame:parity=auto:deint=all")
-    if filters.denoise:
-        chain.append(f"hqdn3d={DENOISE[filters.denoise]}")
-    if filters.aspect:
-        chain += aspect_filters(filters.aspect)
-    return chain
 
 
 WATERMARK_POSITIONS: dict[str, tuple[str, str]] = {
@@ -271,7 +322,8 @@ def watermark_graph(source: str, chain: list[str], image_input: int, mark: Water
     ])
 
 
-def video_args(output: OutputSpec, accelerator: Accelerator, on_gpu: bool, *, filtered: bool = False) -> list[str]:
+def video_args(output: OutputSpec, facts: InputFacts, accelerator: Accelerator, on_gpu: bool, *,
+               filtered: bool = False) -> list[str]:
     """Output options for the video stream; `on_gpu` means decoded frames are CUDA frames. `filtered`: the
     output's frames come from a filter_complex label that already applied the filters (watermark)."""
     codec = output.video_codec
@@ -279,32 +331,18 @@ def video_args(output: OutputSpec, accelerator: Accelerator, on_gpu: bool, *, fi
         return ["-vn"]
     if codec == "copy":
         return ["-c:v", "copy"]
-    # An unset `video` means the container's default codec with encoder defaults.
-    video = output.video or VideoSpec.model_validate({"codec": codec})
-    nvenc = uses_nvenc(output, accelerator)
-    args = _video_nvenc(output, video) if nvenc else _video_cpu(output, video)
+    video = default_video(output)
+    plan = plan_video(output, facts, accelerator, on_gpu=on_gpu)
+    args = _video_nvenc(output, video) if plan.nvenc else _video_cpu(output, video, facts)
+    if plan.profile is not None:
+        args += ["-profile:v", plan.profile]
     if codec == "h265" and output.container in ("mp4", "mov"):
         args += ["-tag:v", "hvc1"]  # Apple players only accept HEVC in MP4/MOV tagged hvc1 (ffmpeg uses hev1)
-    if not filtered:
-        chain = pre_filters(output.filters)
-        scale = scale_filter(video, on_gpu=on_gpu and nvenc)
-        if scale:
-            chain.append(scale)
-        if chain:
-            args += ["-vf", ",".join(chain)]
+    if not filtered and plan.filters:
+        args += ["-vf", ",".join(plan.filters)]
     if video.fps is not None:
         args += ["-r", format_fps(video.fps)]
-    if video.pixel_format is not None:
-        args += ["-pix_fmt", video.pixel_format]
-    return args
-
-
-def file_video_chain(output: OutputSpec) -> list[str]:
-    """Pre-filters + scale of a file output on CPU frames (for the watermark graph)."""
-    video = output.video or VideoSpec.model_validate({"codec": output.video_codec})
-    chain = pre_filters(output.filters)
-    scale = scale_filter(video, on_gpu=False)
-    return chain + ([scale] if scale else [])
+    return [*args, "-pix_fmt", plan.pix_fmt, *plan.tags.args()]
 
 
 def _num(value: float) -> str:
@@ -383,7 +421,7 @@ def input_args(path: Path, limits: Limits = DEFAULT_LIMITS, *, seek: float | Non
             "-protocol_whitelist", "file", "-i", file_url(path)]
 
 
-def output_args(output: OutputSpec, path: Path, accelerator: Accelerator, on_gpu: bool, *,
+def output_args(output: OutputSpec, path: Path, facts: InputFacts, accelerator: Accelerator, on_gpu: bool, *,
                 video_label: str | None = None, measured: LoudnormMeasurement | None = None,
                 limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Everything for one output file, ending with the file itself (ffmpeg options apply to the next file).
@@ -396,7 +434,7 @@ def output_args(output: OutputSpec, path: Path, accelerator: Accelerator, on_gpu
         args += ["-map", f"[{video_label}]" if video_label else "0:V:0?"]
     if output.audio_codec != "none":
         args += ["-map", audio_map(output)]
-    args += video_args(output, accelerator, on_gpu, filtered=video_label is not None)
+    args += video_args(output, facts, accelerator, on_gpu, filtered=video_label is not None)
     args += audio_args(output, measured)
     args += trim_args(output)
     if limits.max_output_bytes:
@@ -407,22 +445,26 @@ def output_args(output: OutputSpec, path: Path, accelerator: Accelerator, on_gpu
 
 
 def check_streams(spec: TranscodeJobSpec, facts: InputFacts) -> None:
-    """Every output must get at least one stream from the input. Needed because when all of an output's
-    optional maps match nothing, ffmpeg silently falls back to automatic stream selection (e.g. encoding an
-    MP3's cover art as the "video") instead of failing. An explicit audio track must exist."""
+    """Every output must get the streams it is for, before anything runs: video (file outputs whose video codec,
+    given or the container's default, is not none; every image and ladder output), audio (audio-only outputs),
+    and an explicitly chosen audio track. Otherwise ffmpeg would write a file without its video (optional maps
+    match nothing) or, when all of an output's maps match nothing, pick streams itself (an MP3's cover art as
+    the "video"). Each is a permanent InvalidInput with its own reason."""
+    has_video, has_audio = facts.video_codec is not None, facts.audio_codec is not None
     for output in spec.outputs:
-        if output.type == "file":
-            wants = [kind for kind, codec in (("video", output.video_codec), ("audio", output.audio_codec))
-                     if codec != "none"]
-        else:
-            wants = ["video"]  # images and ladders need video; a ladder's audio is optional
-        has = {"video": facts.video_codec is not None, "audio": facts.audio_codec is not None}
-        if not any(has[kind] for kind in wants):
-            raise InvalidInput(f"output {output.name} needs {' or '.join(wants)}, but the input has none")
+        if not has_video and (output.type != "file" or output.video_codec != "none"):
+            what = f"{output.type} output" if output.type != "file" else f"{output.video_codec} video"
+            hint = " (for audio only use an audio container: m4a, mp3, ogg, flac)" if output.type == "file" else ""
+            raise InvalidInput(f"output {output.name} needs video ({what}), but the input has no video stream"
+                               f"{hint}", reason=REASON_NO_VIDEO_STREAM)
+        if output.type == "file" and output.video_codec == "none" and not has_audio:
+            raise InvalidInput(f"output {output.name} is audio only, but the input has no audio stream",
+                               reason=REASON_NO_AUDIO_STREAM)
         track = output.audio.track if output.audio else None
-        if track is not None and track >= (facts.audio_streams if facts.audio_streams is not None else 1):
-            raise InvalidInput(f"output {output.name} asks for audio track {track}, but the input has "
-                               f"{facts.audio_streams or 0} audio stream(s)")
+        streams = facts.audio_streams if facts.audio_streams is not None else int(has_audio)
+        if track is not None and track >= streams:
+            raise InvalidInput(f"output {output.name} asks for audio track {track}, but the input has {streams} "
+                               "audio stream(s) (tracks count from 0)", reason=REASON_AUDIO_TRACK_NOT_FOUND)
 
 
 def build_argv(spec: TranscodeJobSpec, input_path: Path, outputs: Mapping[str, Path], facts: InputFacts,
@@ -440,7 +482,7 @@ def build_argv(spec: TranscodeJobSpec, input_path: Path, outputs: Mapping[str, P
     assets = assets or {}
     argv = ["ffmpeg", *GLOBAL_ARGS]
     on_gpu = cuda_frames(spec, facts, accelerator)
-    if any(uses_nvenc(o, accelerator) for o in files):
+    if any(uses_nvenc(o, accelerator, facts) for o in files):
         # NVDEC decode; without -hwaccel_output_format frames are downloaded to system memory for CPU filters
         # and encoders (NVENC accepts both).
         argv += ["-hwaccel", "cuda"]
@@ -458,11 +500,13 @@ def build_argv(spec: TranscodeJobSpec, input_path: Path, outputs: Mapping[str, P
             raise ValueError(f"no local watermark image for output {output.name}")
         argv += input_args(assets[output.name], limits, demuxers=IMAGE_DEMUXERS)
         labels[output.name] = f"wm{next_input}"
-        graphs.append(watermark_graph("0:V:0", file_video_chain(output), next_input, mark, labels[output.name]))
+        chain = plan_video(output, facts, accelerator).filters
+        graphs.append(watermark_graph("0:V:0", chain, next_input, mark, labels[output.name]))
         next_input += 1
     if graphs:
         argv += ["-filter_complex", ";".join(graphs)]
     for output in files:
-        argv += output_args(output, outputs[output.name], accelerator, on_gpu, video_label=labels.get(output.name),
+        argv += output_args(output, outputs[output.name], facts, accelerator, on_gpu,
+                            video_label=labels.get(output.name),
                             measured=(loudness or {}).get(output.name), limits=limits)
     return argv

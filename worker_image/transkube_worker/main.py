@@ -36,7 +36,15 @@ from .cleanup import run_cleanup
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
 from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, WorkerError, termination_message
 from .faults import Fault, Stall, lookup_fault
-from .ffmpeg_args import DEFAULT_LIMITS, Accelerator, Limits, LoudnormMeasurement, bitrate_bits, output_paths
+from .ffmpeg_args import (
+    DEFAULT_LIMITS,
+    Accelerator,
+    Limits,
+    LoudnormMeasurement,
+    bitrate_bits,
+    check_streams,
+    output_paths,
+)
 from .limits import check_facts, check_size
 from .logs import configure_logging
 from .media_args import (
@@ -103,6 +111,7 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
     reporting progress over all of them as one Transcoding stage (never going backwards); returns the argv of
     the first output-writing step and fills `quality` with each measured output's outcome. This is also what
     bench/worker_overhead.py measures, so it stays free of storage and Kubernetes."""
+    check_streams(spec, facts)  # before anything runs: an output the input cannot feed fails at once
     for name, path in outputs.items():
         if any(o.name == name and o.is_prefix for o in spec.outputs):
             path.mkdir(parents=True, exist_ok=True)
@@ -155,8 +164,7 @@ def transcode_step(spec: TranscodeJobSpec, input_path: Path, outputs: dict[str, 
         probed = probe_output(encoded, name=o.name, uri=o.uri, checksum=None)
         if not probed.width or not probed.height:
             raise Internal(f"{label} has no video to measure")
-        argv = quality_argv(o, encoded, input_path, probed.width, probed.height, metrics,
-                            frame_rate=facts.frame_rate, stream_count=facts.stream_count, limits=limits)
+        argv = quality_argv(o, encoded, input_path, facts, probed.width, probed.height, metrics, limits=limits)
         stderr = run(Step(f"quality-{o.name}", argv, media_seconds(o, facts)), last=False)
         try:
             result = parse_metrics(stderr, metrics, unavailable)

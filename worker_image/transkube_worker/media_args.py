@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from transkube_api.constants import REASON_NO_VIDEO_STREAM
 from transkube_api.models import InputFacts, OutputSpec, RenditionSpec, StreamingSpec
 
 from .errors import InvalidInput, Unsupported
@@ -37,6 +38,22 @@ from .ffmpeg_args import (
     pre_filters,
     trim_args,
     watermark_graph,
+)
+from .playability import (
+    BT709,
+    DEINTERLACE,
+    colour_chain,
+    cpu_profile,
+    deinterlaces,
+    display_size,
+    even_floor,
+    even_near,
+    image_colour,
+    output_frame_rate,
+    sample_aspect,
+    short_side_size,
+    source_colour,
+    source_geometry,
 )
 
 # The automatic ladder: (height, h264 bitrate). h265 gets AUTO_H265_FACTOR of it. Heights are of the short side,
@@ -71,10 +88,13 @@ def _even(value: float) -> int:
 
 
 def short_side(facts: InputFacts) -> tuple[int, bool]:
-    """(short side, portrait?) of the displayed input."""
-    if not facts.width or not facts.height:
-        raise InvalidInput("the input has no video size; an adaptive-streaming ladder needs video")
-    return min(facts.width, facts.height), facts.height > facts.width
+    """(short side, portrait?) of the displayed input (upright, square pixels)."""
+    size = display_size(facts)
+    if size is None:
+        raise InvalidInput("the input has no video size; an adaptive-streaming ladder needs video",
+                           reason=REASON_NO_VIDEO_STREAM)
+    width, height = size
+    return round(min(width, height)), height > width
 
 
 def auto_ladder(facts: InputFacts, max_renditions: int, codec: str) -> list[Rendition]:
@@ -98,18 +118,23 @@ def ladder(streaming: StreamingSpec | None, facts: InputFacts) -> list[Rendition
     return auto_ladder(facts, max_renditions, codec)
 
 
-def rendition_scale(r: Rendition) -> str:
-    return f"scale={r.height}:-2" if r.portrait else f"scale=-2:{r.height}"
+def rendition_size(r: Rendition, width: float, height: float) -> tuple[int, int]:
+    """The rendition's short side is its height; the long side keeps the source's display aspect (even)."""
+    return short_side_size(r.height, width, height)
 
 
 def explicit_rendition(spec: RenditionSpec) -> Rendition:
     return Rendition(spec.pixel_height, spec.bitrate)
 
 
+STREAM_PIX_FMT = "yuv420p"  # every rendition: 8-bit 4:2:0 SDR BT.709, what every HLS/DASH player decodes
+
+
 def _video_encoder_args(codec: str, preset: str, renditions: list[Rendition], segment: int,
                         fps: float | None) -> list[str]:
     encoder = "libx264" if codec == "h264" else "libx265"
-    args = ["-c:v", encoder, "-preset", preset, "-pix_fmt", "yuv420p"]
+    args = ["-c:v", encoder, "-preset", preset, "-pix_fmt", STREAM_PIX_FMT,
+            "-profile:v", str(cpu_profile(codec, STREAM_PIX_FMT, None)), *BT709.args()]
     for i, r in enumerate(renditions):
         bits = bitrate_bits(r.bitrate)
         args += [f"-b:v:{i}", r.bitrate, f"-maxrate:v:{i}", _kbits(bits * MAXRATE_FACTOR),
@@ -137,7 +162,12 @@ def stream_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: Inpu
     segment = streaming.segment_seconds
     with_audio = output.audio_codec != "none" and facts.audio_codec is not None
     argv = ["ffmpeg", *GLOBAL_ARGS, *input_args(input_path, limits)]
-    chain = pre_filters(output.filters)
+    aspect = output.filters.aspect if output.filters else None
+    square, size = source_geometry(facts, aspect)
+    if size is None:
+        raise InvalidInput(f"output {output.name}: the input has no video size", reason=REASON_NO_VIDEO_STREAM)
+    width, height = size
+    chain = pre_filters(output.filters, facts) + square
     mark = output.filters.watermark if output.filters else None
     graph: list[str] = []
     source = "0:V:0"
@@ -152,15 +182,19 @@ def stream_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: Inpu
     graph.append(f"[{source}]{split}")
     # Every rendition keeps the input's display aspect ratio exactly (an even width cannot always do that with
     # square pixels, e.g. 426x240 for 16:9; DASH refuses mixed aspect ratios in one adaptation set).
-    dar = f"setdar={facts.width}/{facts.height}"
-    graph += [f"[s{i}]{rendition_scale(r)},{dar}[v{i}]" for i, r in enumerate(renditions)]
+    dar = f"setdar={round(width)}/{round(height)}"
+    # Colour last, per rendition: tone mapping at the rendition's size costs less than at the source's.
+    colour = colour_chain(source_colour(facts), BT709, facts.pixel_format, STREAM_PIX_FMT)
+    for i, r in enumerate(renditions):
+        w, h = rendition_size(r, width, height)
+        graph.append(f"[s{i}]{','.join([f'scale={w}:{h}', dar, *colour])}[v{i}]")
     argv += ["-filter_complex", ";".join(graph)]
     for i in range(n):
         argv += ["-map", f"[v{i}]"]
     if with_audio:
         argv += ["-map", audio_map(output)]
     argv += _video_encoder_args(streaming.codec, streaming.preset or DEFAULT_PRESET, renditions, segment,
-                                facts.frame_rate)
+                                output_frame_rate(facts))
     if with_audio:
         audio = audio_args(output, measured)
         if "-b:a" not in audio:
@@ -215,16 +249,63 @@ def playlist_of(output: OutputSpec) -> str:
 # ---- images ----------------------------------------------------------------------------------------------
 
 
+IMAGE_PIX_FMTS: dict[str, str] = {"jpeg": "yuvj420p", "webp": "yuv420p"}
+
+
 def image_codec_args(fmt: str) -> list[str]:
     if fmt == "webp":
-        return ["-c:v", "libwebp", "-quality", WEBP_QUALITY]
-    return ["-c:v", "mjpeg", "-q:v", JPEG_QUALITY, "-pix_fmt", "yuvj420p"]
+        return ["-c:v", "libwebp", "-quality", WEBP_QUALITY, "-pix_fmt", IMAGE_PIX_FMTS[fmt]]
+    return ["-c:v", "mjpeg", "-q:v", JPEG_QUALITY, "-pix_fmt", IMAGE_PIX_FMTS[fmt]]
 
 
-def image_scale(width: int | None, height: int | None) -> list[str]:
-    if width is None and height is None:
-        return []
-    return [f"scale={width if width is not None else -2}:{height if height is not None else -2}"]
+def image_size(width: int | None, height: int | None, facts: InputFacts) -> tuple[int, int] | None:
+    """The image's size in square pixels: as given, one side from the other by the display aspect ratio, or the
+    display size; None when the decoded frame already is that (or the input's size is unknown)."""
+    size = display_size(facts)
+    if size is None:
+        return None
+    dw, dh = size
+    if width is not None and height is not None:
+        return width, height
+    if width is not None:
+        return width, even_near(width * dh / dw)
+    if height is not None:
+        return even_near(height * dw / dh), height
+    if sample_aspect(facts) == 1:
+        return None
+    return round(dw), round(dh)
+
+
+def image_scale(width: int | None, height: int | None, facts: InputFacts) -> tuple[list[str], list[str]]:
+    """Sizing filters before the colour conversion (to an even size: zscale works on whole chroma samples) and
+    after it (the exact size, when an odd one is asked for). An odd input without a size asked loses its odd
+    line, as video outputs do."""
+    size = image_size(width, height, facts)
+    if size is None:
+        if width is not None or height is not None:  # the input's size is unknown: let ffmpeg keep the aspect
+            return [f"scale={width if width is not None else -2}:{height if height is not None else -2}",
+                    "setsar=1"], []
+        if facts.width and facts.height and (facts.width % 2 or facts.height % 2):
+            return [f"crop={even_floor(facts.width)}:{even_floor(facts.height)}:0:0"], []
+        return [], []
+    w, h = size
+    if w % 2 or h % 2:
+        return [f"scale={even_near(w)}:{even_near(h)}", "setsar=1"], [f"scale={w}:{h}", "setsar=1"]
+    return [f"scale={w}:{h}", "setsar=1"], []
+
+
+def image_chain(facts: InputFacts, fmt: str, scale: tuple[list[str], list[str]], *, fps: str | None = None,
+                tile: str | None = None) -> str:
+    """Deinterlace (interlaced input), pick frames (`fps`), size, then colour: HDR is tone-mapped, and the pixels
+    are converted to what JPEG/WebP decoders assume (BT.601; full range for JPEG)."""
+    before, after = scale
+    chain = [DEINTERLACE] if deinterlaces(None, facts) else []
+    chain += [fps] if fps else []
+    chain += before
+    chain += colour_chain(source_colour(facts), image_colour(fmt), facts.pixel_format, IMAGE_PIX_FMTS[fmt])
+    chain += after
+    chain += [tile] if tile else []
+    return ",".join(chain)
 
 
 def _duration(facts: InputFacts) -> float:
@@ -241,7 +322,7 @@ def thumbnails_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: 
     assert spec is not None
     ext = ".jpg" if spec.format == "jpeg" else ".webp"
     codec = image_codec_args(spec.format)
-    scale = image_scale(spec.width, spec.height)
+    scale = image_scale(spec.width, spec.height, facts)
     argv = ["ffmpeg", *GLOBAL_ARGS]
     if spec.times is not None:
         duration = _duration(facts)
@@ -251,13 +332,14 @@ def thumbnails_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: 
                                f"({duration:g}s)")
         for t in spec.times:
             argv += ["-threads", "1", *input_args(input_path, limits, seek=t)]
+        chain = image_chain(facts, spec.format, scale)
         for i, _ in enumerate(spec.times):
-            argv += ["-map", f"{i}:V:0", "-frames:v", "1", *(["-vf", scale[0]] if scale else []), *codec,
+            argv += ["-map", f"{i}:V:0", "-frames:v", "1", *(["-vf", chain] if chain else []), *codec,
                      "-f", "image2", "-update", "1", file_url(out_dir / f"thumb-{i + 1:05d}{ext}")]
         return argv
     assert spec.interval_seconds is not None
-    chain = [f"fps=1/{_num(spec.interval_seconds)}", *scale]
-    return [*argv, *input_args(input_path, limits), "-map", "0:V:0", "-vf", ",".join(chain), *codec,
+    chain = image_chain(facts, spec.format, scale, fps=f"fps=1/{_num(spec.interval_seconds)}")
+    return [*argv, *input_args(input_path, limits), "-map", "0:V:0", "-vf", chain, *codec,
             "-f", "image2", "-start_number", "1", file_url(out_dir / f"thumb-%05d{ext}")]
 
 
@@ -281,15 +363,16 @@ def sprite_layout(output: OutputSpec, facts: InputFacts) -> SpriteLayout:
     tile_width = spec.tile_width if spec else 160
     fmt = spec.format if spec else "jpeg"
     duration = _duration(facts)
-    if not facts.width or not facts.height:
-        raise InvalidInput(f"output {output.name}: the input has no video size")
+    size = display_size(facts)
+    if size is None:
+        raise InvalidInput(f"output {output.name}: the input has no video size", reason=REASON_NO_VIDEO_STREAM)
     tiles = max(1, math.ceil(duration / interval - 1e-6))
     if tiles > MAX_SPRITE_TILES:
         raise Unsupported(f"output {output.name}: {tiles} sprite tiles exceed {MAX_SPRITE_TILES}; raise "
                           f"sprite.intervalSeconds")
     columns = min(columns, tiles)
     rows = math.ceil(tiles / columns)
-    tile_height = _even(tile_width * facts.height / facts.width)
+    tile_height = _even(tile_width * size[1] / size[0])
     if columns * tile_width > MAX_IMAGE_SIDE or rows * tile_height > MAX_IMAGE_SIDE:
         raise Unsupported(f"output {output.name}: the sprite sheet would exceed {MAX_IMAGE_SIDE} pixels; raise "
                           f"sprite.intervalSeconds or lower tileWidth")
@@ -302,9 +385,9 @@ def sprite_argv(output: OutputSpec, input_path: Path, out_dir: Path, facts: Inpu
     """One sheet: a frame every interval, scaled to the tile size, laid out by the tile filter."""
     layout = sprite_layout(output, facts)
     fmt = output.sprite.format if output.sprite else "jpeg"
-    chain = [f"fps=1/{_num(layout.interval)}", f"scale={layout.tile_width}:{layout.tile_height}", "setsar=1",
-             f"tile={layout.columns}x{layout.rows}"]
-    return ["ffmpeg", *GLOBAL_ARGS, *input_args(input_path, limits), "-map", "0:V:0", "-vf", ",".join(chain),
+    chain = image_chain(facts, fmt, ([f"scale={layout.tile_width}:{layout.tile_height}", "setsar=1"], []),
+                        fps=f"fps=1/{_num(layout.interval)}", tile=f"tile={layout.columns}x{layout.rows}")
+    return ["ffmpeg", *GLOBAL_ARGS, *input_args(input_path, limits), "-map", "0:V:0", "-vf", chain,
             "-frames:v", "1", *image_codec_args(fmt), "-f", "image2", "-update", "1",
             file_url(out_dir / layout.image)]
 
@@ -342,9 +425,9 @@ def poster_argv(output: OutputSpec, input_path: Path, path: Path, facts: InputFa
                 limits: Limits = DEFAULT_LIMITS) -> list[str]:
     spec = output.poster
     fmt = spec.format if spec else "jpeg"
-    scale = image_scale(spec.width if spec else None, spec.height if spec else None)
+    chain = image_chain(facts, fmt, image_scale(spec.width if spec else None, spec.height if spec else None, facts))
     return ["ffmpeg", *GLOBAL_ARGS, *input_args(input_path, limits, seek=poster_time(output, facts)),
-            "-map", "0:V:0", "-frames:v", "1", *(["-vf", scale[0]] if scale else []), *image_codec_args(fmt),
+            "-map", "0:V:0", "-frames:v", "1", *(["-vf", chain] if chain else []), *image_codec_args(fmt),
             *(["-fs", str(limits.max_output_bytes)] if limits.max_output_bytes else []),
             "-f", "image2", "-update", "1", file_url(path)]
 

@@ -1,11 +1,13 @@
 """Quality metrics of an encoded output against its source: PSNR, SSIM and (where ffmpeg has libvmaf) VMAF, and
 the quality gate's re-encode settings. The argv builders and parsers are pure; `available_filters` runs ffmpeg.
 
-Frames line up because the reference is the source with the output's deinterlace/denoise/aspect filters, cut
-to the output's trim the way ffmpeg's output-side -ss cut the encode (see trim_filter) and scaled (bicubic) to
-the output's probed size; both sides are converted to yuv420p and start at timestamp 0. A watermark is not
-applied to the reference. An hls/dash output is measured rendition by rendition, each against the source scaled
-to that rendition's size (its init and media segments joined into one local fragmented MP4, see join_rendition).
+Frames line up and compare like with like because the reference is the source through the output's own filters
+(ffmpeg_args.plan_video: deinterlace, denoise, constant frame rate, square pixels, aspect crop/pad, size, and
+the colour path: tone mapping, colour conversion, pixel format), cut to the output's trim the way ffmpeg's
+output-side -ss cut the encode (see trim_filter); both sides are in the output's pixel format and start at
+timestamp 0. A watermark is not applied to the reference. An hls/dash output is measured rendition by
+rendition, each against the source scaled to that rendition's size (its init and media segments joined into one
+local fragmented MP4, see join_rendition).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from transkube_api.models import OutputSpec, QualityMetrics, VideoSpec
+from transkube_api.models import InputFacts, OutputSpec, QualityMetrics, VideoSpec
 
-from .ffmpeg_args import DEFAULT_LIMITS, Limits, _num, bitrate_bits, input_args, pre_filters
+from .ffmpeg_args import DEFAULT_LIMITS, Limits, _num, bitrate_bits, input_args, plan_video, pre_filters
+from .playability import BT709, colour_chain, output_frame_rate, pixel_format, source_colour, source_geometry
 from .transcode import tail_lines
 
 METRIC_FILTERS: dict[str, str] = {"psnr": "psnr", "ssim": "ssim", "vmaf": "libvmaf"}
@@ -105,30 +108,41 @@ def trim_filter(output: OutputSpec, frame_rate: float | None, cfr: bool) -> str 
     return f"trim={':'.join(parts)}" if parts else None
 
 
-def quality_argv(output: OutputSpec, encoded: Path, source: Path, width: int, height: int, metrics: list[str],
-                 *, frame_rate: float | None = None, stream_count: int | None = None,
-                 limits: Limits = DEFAULT_LIMITS) -> list[str]:
+def reference_chain(output: OutputSpec, facts: InputFacts, width: int, height: int) -> tuple[list[str], str]:
+    """The source's filters to look like the output (`width` x `height`, as probed), and the pixel format both
+    sides are compared in."""
+    cut = trim_filter(output, output_frame_rate(facts), cfr_sync(output, facts.stream_count))
+    trim = [cut] if cut else []
+    if output.type in ("hls", "dash"):
+        square, _ = source_geometry(facts, output.filters.aspect if output.filters else None)
+        colour = colour_chain(source_colour(facts), BT709, facts.pixel_format, "yuv420p")
+        return [*pre_filters(output.filters, facts), *square, *trim, f"scale={width}:{height}", *colour], "yuv420p"
+    plan = plan_video(output, facts)
+    size = [] if (plan.geometry.width, plan.geometry.height) == (width, height) else [f"scale={width}:{height}"]
+    compare = pixel_format(output.video, facts)
+    return [*plan.pre, *trim, *plan.geometry.filters, *size, *plan.colour], compare
+
+
+def quality_argv(output: OutputSpec, encoded: Path, source: Path, facts: InputFacts, width: int, height: int,
+                 metrics: list[str], *, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """ffmpeg comparing `encoded` (input 0, the distorted side) with `source` (input 1, the reference); the
-    summaries go to stderr (loglevel info), progress to stdout. `frame_rate`, `stream_count`: the input's
-    (probed). Outputs with video.fps are not measurable (the API refuses quality with it): ffmpeg's -r picks
-    frames by its sync logic, which no reference filter reproduces."""
+    summaries go to stderr (loglevel info), progress to stdout. `facts`: the source's (probed). Outputs with
+    video.fps are not measurable (the API refuses quality with it): ffmpeg's -r picks frames by its sync logic,
+    which no reference filter reproduces."""
     if not metrics:
         raise ValueError("no metric to compute")
-    ref_in = input_args(source, limits)
-    chain = pre_filters(output.filters)
-    cut = trim_filter(output, frame_rate, cfr_sync(output, stream_count))
-    if cut:
-        chain.append(cut)
-    chain += [f"scale={width}:{height}:flags=bicubic", "format=yuv420p", "setpts=PTS-STARTPTS"]
+    chain, compare = reference_chain(output, facts, width, height)
+    chain += [f"format={compare}", "setpts=PTS-STARTPTS"]
     n = len(metrics)
-    graph = [f"[0:V:0]format=yuv420p,setpts=PTS-STARTPTS,split={n}" + "".join(f"[d{i}]" for i in range(n)),
+    graph = [f"[0:V:0]format={compare},setpts=PTS-STARTPTS,split={n}" + "".join(f"[d{i}]" for i in range(n)),
              f"[1:V:0]{','.join(chain)},split={n}" + "".join(f"[r{i}]" for i in range(n))]
     for i, metric in enumerate(metrics):
         # libvmaf takes the distorted stream first, like psnr/ssim.
         options = "=shortest=1" if metric in ("psnr", "ssim") else ""
         graph.append(f"[d{i}][r{i}]{METRIC_FILTERS[metric]}{options}")
     return ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1", "-loglevel", "info",
-            *input_args(encoded, limits), *ref_in, "-filter_complex", ";".join(graph), "-f", "null", "-"]
+            *input_args(encoded, limits), *input_args(source, limits), "-filter_complex", ";".join(graph),
+            "-f", "null", "-"]
 
 
 def parse_metrics(stderr: str, metrics: list[str], unavailable: list[str]) -> QualityMetrics:
