@@ -219,8 +219,7 @@ class KubeBackend:
     def preset(self, name: str) -> Obj:
         obj: Obj = self._call(f"transcodepreset {name}", self.api.get_cluster_custom_object, GROUP, VERSION,
                               PRESET_PLURAL, name)
-        spec = obj.get("spec") or {}
-        return {k: spec[k] for k in ("container", "video", "audio") if k in spec}
+        return dict(obj.get("spec") or {})
 
     # -- storage --
 
