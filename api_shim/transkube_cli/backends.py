@@ -333,6 +333,8 @@ class ShimBackend:
                     if event in ("state", "completed", "failed", "cancelled"):
                         job = shim_job_to_cr(data)
                     status = fold_event(status, event, data)
+                    if event == "phase" and data.get("to") == "Succeeded":
+                        continue  # `completed` follows with the whole status (its outputs): show that one
                     if job is not None:
                         yield {**job, "status": status}
                     if event in ("completed", "failed", "cancelled"):

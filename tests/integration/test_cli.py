@@ -250,6 +250,7 @@ def watch_all(env: dict[str, str], names: list[str], ns_args: list[str]) -> None
     for name in names:
         watched = cli(env, "watch", name, *ns_args, timeout=300)
         assert watched.returncode == 0, (name, watched.stdout, watched.stderr)
+        assert f"transcodejob {name} Succeeded: 1 output(s) written" in watched.stdout, watched.stdout
 
 
 def check_defaults_and_presets(kube: Kube, s3: Any, namespace: str, jobs: dict[str, str], input_uri: str) -> None:
