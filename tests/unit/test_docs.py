@@ -128,7 +128,8 @@ def test_phase_sequences_use_model_phases_and_start_queued() -> None:
     phases = set(get_args(Phase))
     word = "|".join(sorted(phases))
     arrow = r"\s*(?:->|→|─+(?:\(\w+\)─+)?▶)\s*"
-    seq = re.compile(rf"\b({word})\b(?:{arrow}(?:\(\w+\)\s*)?\b(?:{word})\b)+")
+    note = r"(?:\s*\([^)]*\))?"  # e.g. Running (PROGRESS, ETA) -> Succeeded
+    seq = re.compile(rf"\b(?:{word})\b{note}(?:{arrow}\b(?:{word})\b{note})+")
     found = [(p.name, m.group(0)) for p in [*DOCS, NOTES] for m in seq.finditer(p.read_text())]
     assert found
     life = [(name, s) for name, s in found if "Running" in s and "Succeeded" in s]
