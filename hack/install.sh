@@ -9,6 +9,9 @@ command -v ffmpeg >/dev/null || apt_need+=(ffmpeg)
 command -v unshare >/dev/null || apt_need+=(util-linux)
 command -v mount >/dev/null || apt_need+=(mount)
 command -v make >/dev/null || apt_need+=(make)
+# The docs' commands (tests/integration/test_docs.py) use curl and jq, as a reader would.
+command -v curl >/dev/null || apt_need+=(curl)
+command -v jq >/dev/null || apt_need+=(jq)
 if [ ${#apt_need[@]} -gt 0 ]; then
   echo "[install] apt-get install ${apt_need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

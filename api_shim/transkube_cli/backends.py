@@ -227,8 +227,7 @@ class KubeBackend:
     def preset(self, name: str) -> Obj:
         obj: Obj = self._call(f"transcodepreset {name}", self.api.get_cluster_custom_object, GROUP, VERSION,
                               PRESET_PLURAL, name)
-        spec = obj.get("spec") or {}
-        return {k: spec[k] for k in ("container", "video", "audio") if k in spec}
+        return dict(obj.get("spec") or {})
 
     # -- storage --
 
@@ -342,6 +341,8 @@ class ShimBackend:
                     if event in ("state", "completed", "failed", "cancelled"):
                         job = shim_job_to_cr(data)
                     status = fold_event(status, event, data)
+                    if event == "phase" and data.get("to") == "Succeeded":
+                        continue  # `completed` follows with the whole status (its outputs): show that one
                     if job is not None:
                         yield {**job, "status": status}
                     if event in ("completed", "failed", "cancelled"):

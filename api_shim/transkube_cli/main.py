@@ -17,7 +17,7 @@ import yaml
 from . import render
 from .backends import Backend, CliError, KubeBackend, ShimBackend, sha256_file
 from .render import Exit
-from .spec import SpecError, build_submit
+from .spec import SpecError, build_submit, preset_names
 
 MIB = 1024 * 1024
 
@@ -104,17 +104,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
             manifest = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise SpecError(f"not YAML: {exc}", args.filename) from exc
-    if args.preset and len(args.output or ()) != 1:
-        raise SpecError("--preset needs exactly one --output name=...,uri=... (plus overrides)", "outputs")
-    be: Backend | None = None
-    preset = None
-    if args.preset:  # the preset's settings come from the backend; otherwise validate before connecting
-        be = backend(args)
-        preset = be.preset(args.preset)
+    # Presets are read from the backend: their type and container choose default URIs, and the merge each
+    # preset output will get from the operator is checked before anything is created.
+    names = preset_names(manifest, args.preset)
+    be: Backend | None = backend(args) if names else None
+    presets = {name: be.preset(name) for name in names} if be is not None else {}
     request = build_submit(manifest=manifest, input_uri=args.input, outputs=args.output or (), name=args.name,
                            namespace=args.namespace, accelerator=args.accelerator, fallback=args.fallback,
                            retry_limit=args.retry_limit, deadline_seconds=args.deadline, suspend=args.suspend,
-                           preset=preset, priority=args.priority, pool=args.pool)
+                           preset=args.preset, presets=presets, priority=args.priority, pool=args.pool)
     if args.dry_run:
         print(yaml.safe_dump(request.manifest(), sort_keys=False), end="")
         return Exit.OK
@@ -270,9 +268,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-f", "--filename", help="a TranscodeJob manifest (or just its spec) in YAML; - for stdin")
     c.add_argument("--input", help="the source, s3://bucket/key")
     c.add_argument("--output", action="append", metavar="SPEC",
-                   help="an output: name=web,uri=s3://b/k.mp4,container=mp4,vcodec=h264,height=720,crf=23 "
-                        "(keys: see docs/cli.md); repeat for several")
-    c.add_argument("--preset", help="a TranscodePreset: its settings under the single --output")
+                   help="an output: container=mp4,height=720 (name and uri default: see docs/cli.md), or "
+                        "name=web,uri=s3://b/k.mp4,container=mp4,vcodec=h264,height=720,crf=23; repeat for several")
+    c.add_argument("--preset", help="a TranscodePreset every --output starts from (one output if none is given); "
+                                    "the operator merges it and records the result in status.resolvedOutputs")
     c.add_argument("--name", help="the TranscodeJob's name (default: generated from the input's name)")
     c.add_argument("--accelerator", choices=("cpu", "nvidia"))
     c.add_argument("--fallback", choices=("wait", "cpu"), help="for nvidia: wait for a GPU, or fall back to CPU")

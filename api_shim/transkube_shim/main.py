@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "port", None):
         config = dataclasses.replace(config, port=args.port)
     # SIGTERM/SIGINT: stop accepting, end event streams, finish in-flight requests, then close the clients.
+    # reuse_port: where pods share the node's network (hostNetwork, the dev node agent) a rolling update's new
+    # replica binds the port while the old one still serves, instead of failing until the old one is gone.
     web.run_app(create_app(config), host=config.host, port=config.port, access_log=None,
-                shutdown_timeout=config.shutdown_timeout_seconds, handle_signals=True, print=None)
+                shutdown_timeout=config.shutdown_timeout_seconds, handle_signals=True, print=None,
+                reuse_port=True)
     return 0
 
 

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 def print_env(state: ClusterState) -> None:
     for key, value in state.env().items():
         print(f"export {key}={shlex.quote(value)}")
+    # The shell also gets kubectl, helm and the project's console scripts (transkube, transkube-shim).
+    kubectl, helm = tools.ensure_kubectl_helm()
+    dirs = dict.fromkeys([str(Path(sys.executable).parent), str(Path(kubectl).parent), str(Path(helm).parent)])
+    print(f'export PATH={shlex.quote(":".join(dirs))}:"$PATH"')
 
 
 if __name__ == "__main__":

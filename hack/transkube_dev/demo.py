@@ -1,9 +1,12 @@
 """`make demo` after the cluster is up: install the chart, make and upload a sample video, apply a
-TranscodeJob, follow its progress live, and print where the outputs are with an ffprobe summary."""
+TranscodeJob, follow its progress live, and print where the outputs are with an ffprobe summary.
+
+TRANSKUBE_DEMO_SECONDS sets the sample's length (default 20; tests/integration/test_docs.py uses a short one)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,10 +60,11 @@ def main(cluster_dir: str) -> int:
     input_key = manifest["spec"]["input"]["uri"].split("/", 3)[3]
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "sample.mp4"
-        print("== making a 20 s 1280x720 sample with ffmpeg and uploading it", flush=True)
+        seconds = os.environ.get("TRANSKUBE_DEMO_SECONDS") or "20"
+        print(f"== making a {seconds} s 1280x720 sample with ffmpeg and uploading it", flush=True)
         subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
                         "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
-                        "-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000", "-t", "20",
+                        "-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000", "-t", seconds,
                         "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(sample)],
                        check=True)
         s3.upload_file(str(sample), state.s3.bucket, input_key)

@@ -241,3 +241,72 @@ def test_watch_through_the_shim_reports_input_not_found_and_retry_waits_for_the_
     assert pending.returncode == 0 and "(manualRetry 2)" in pending.stdout
     refused = cli(env, "retry", name)
     assert refused.returncode == 5 and ("retry_pending" in refused.stderr or "not_failed" in refused.stderr)
+
+
+def submit_all(env: dict[str, str], *argvs: list[str]) -> list[str]:
+    return [ok(cli(env, "submit", *argv)).strip() for argv in argvs]
+
+
+def watch_all(env: dict[str, str], names: list[str], ns_args: list[str]) -> None:
+    for name in names:
+        watched = cli(env, "watch", name, *ns_args, timeout=300)
+        assert watched.returncode == 0, (name, watched.stdout, watched.stderr)
+        assert f"transcodejob {name} Succeeded: 1 output(s) written" in watched.stdout, watched.stdout
+
+
+def check_defaults_and_presets(kube: Kube, s3: Any, namespace: str, jobs: dict[str, str], input_uri: str) -> None:
+    """The one-liner's output got a name and a URI next to the input; preset outputs were resolved by the
+    operator (status.resolvedOutputs): the hls preset keeps its type and streaming, a bitrate override drops
+    the preset's crf."""
+    stem = input_uri.removesuffix(".mp4")
+    one = kube.get(tj_path(namespace, jobs["one-liner"]))
+    (out,) = one["spec"]["outputs"]
+    assert (out["name"], out["uri"]) == ("mp4-240p", f"{stem}-mp4-240p.mp4"), out
+    assert one["status"]["outputs"][0]["uri"] == out["uri"]
+    s3.head_object(Bucket=BUCKET, Key=out["uri"].removeprefix(f"s3://{BUCKET}/"))
+
+    web = kube.get(tj_path(namespace, jobs["bitrate"]))
+    (out,) = web["spec"]["outputs"]
+    assert out["preset"] == "web-720p" and out["uri"] == f"{stem}-web-720p.mp4" and "container" not in out
+    (resolved,) = web["status"]["resolvedOutputs"]
+    assert resolved["container"] == "mp4" and "preset" not in resolved
+    assert resolved["video"]["bitrate"] == "300k" and "crf" not in resolved["video"], resolved
+    assert resolved["video"]["resolution"] == "720p" and resolved["video"]["preset"] == "ultrafast"
+    assert [p["preset"] for p in web["status"]["presets"]] == ["web-720p"]
+
+    if "hls" in jobs:
+        hls = kube.get(tj_path(namespace, jobs["hls"]))
+        (out,) = hls["spec"]["outputs"]
+        assert out["preset"] == "hls-default" and out["uri"] == f"{stem}-hls-default/" and "streaming" not in out
+        (resolved,) = hls["status"]["resolvedOutputs"]
+        assert resolved["type"] == "hls" and resolved["streaming"]["autoLadder"] == {"maxRenditions": 4}, resolved
+        (written,) = hls["status"]["outputs"]
+        assert written["type"] == "hls" and "master.m3u8" in written["files"], written
+        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=out["uri"].removeprefix(f"s3://{BUCKET}/"))
+        assert {o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])} == set(written["files"])
+
+
+def test_defaults_and_presets_directly_and_through_the_shim(
+        cluster: ClusterState, tj_namespace: str, kube: Kube, s3: Any, clip: Path,
+        tenant: Callable[..., Tenant]) -> None:
+    """README's one-liner (`--output container=mp4,height=...`, no name, no URI) and presets sent as `preset:`,
+    both ways."""
+    env, ns = direct_env(cluster), ["-n", tj_namespace]
+    input_uri = f"s3://{BUCKET}/cli/{uuid.uuid4().hex}/clip.mp4"
+    s3.upload_file(str(clip), BUCKET, input_uri.removeprefix(f"s3://{BUCKET}/"))
+    direct = dict(zip(("one-liner", "bitrate", "hls"), submit_all(
+        env, [*ns, "--input", input_uri, "--output", "container=mp4,height=240"],
+        [*ns, "--input", input_uri, "--preset", "web-720p", "--output", "vbitrate=300k,preset=ultrafast"],
+        [*ns, "--input", input_uri, "--preset", "hls-default"]), strict=True))
+
+    t = tenant()
+    shim = shim_env(t)
+    uploaded = ok(cli(shim, "upload", str(clip), "--part-size", "5")).strip()
+    via_shim = dict(zip(("one-liner", "bitrate"), submit_all(
+        shim, ["--input", uploaded, "--output", "container=mp4,height=240"],
+        ["--input", uploaded, "--preset", "web-720p", "--output", "vbitrate=300k,preset=ultrafast"]), strict=True))
+
+    watch_all(env, list(direct.values()), ns)
+    watch_all(shim, list(via_shim.values()), [])
+    check_defaults_and_presets(kube, s3, tj_namespace, direct, input_uri)
+    check_defaults_and_presets(kube, s3, t.namespace, via_shim, uploaded)

@@ -256,23 +256,70 @@ def test_killed_worker_is_retried_then_succeeds(kube: Kube, tj_namespace: str, s
     assert "Retrying" in events_of(kube, ns, "killed")
 
 
-def test_cancel_stops_the_job_and_leaves_no_outputs(kube: Kube, tj_namespace: str, s3: Any,
-                                                    media: dict[str, Path], cluster: ClusterState) -> None:
+@pytest.fixture(scope="module")
+def big_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 s of near-lossless noise, > 2 multipart parts (16 MiB) even when only remuxed."""
+    path = tmp_path_factory.mktemp("big") / "big.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "3",
+                    "-vf", "noise=alls=60:allf=t", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0",
+                    "-c:a", "aac", "-shortest", str(path)], check=True, timeout=120)
+    assert path.stat().st_size > 24 * 1024 * 1024
+    return path
+
+
+def multipart_uploads(s3: Any, key: str) -> list[Obj]:
+    """Unfinished multipart uploads of exactly `key` (MinIO lists them by exact object name only)."""
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads") or []
+    return [u for u in uploads if u["Key"] == key]
+
+
+def keys_under(s3: Any, prefix: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents") or []]
+
+
+def test_cancel_while_uploading_leaves_nothing_behind(kube: Kube, tj_namespace: str, s3: Any, big_clip: Path,
+                                                      cluster: ClusterState) -> None:
+    """Cancelled half-way through Uploading (the test-only `stall-upload` fault holds the worker there): some
+    objects of a multi-object hls output are written and a multipart upload of a large file has parts. After
+    Cancelled, nothing is left: no object under the job's output prefix, no unfinished multipart upload."""
     ns = tj_namespace
-    outputs = slow_output(uuid.uuid4().hex)
-    kube.create(tj_path(ns), tj("cancelled", upload(s3, media["long"]), outputs))
-    wait_for("transcoding", lambda: ((get_tj(kube, ns, "cancelled").get("status") or {}).get("progress") or {})
-             .get("stage") == "Transcoding", timeout=120)
+    prefix = f"outputs/{uuid.uuid4().hex}/"
+    big_key = f"{prefix}remux.mp4"
+    outputs = [{"name": "hls", "type": "hls", "uri": f"s3://{BUCKET}/{prefix}hls/",
+                "streaming": {"segmentSeconds": 1, "codec": "h264", "preset": "ultrafast",
+                              "renditions": [{"resolution": "240p", "bitrate": "300k"}]},
+                "audio": {"codec": "aac", "bitrate": "64k"}},
+               {"name": "remux", "uri": f"s3://{BUCKET}/{big_key}", "container": "mp4",
+                "video": {"codec": "copy"}, "audio": {"codec": "copy"}}]
+    body = tj("cancelled", upload(s3, big_clip), outputs)
+    body["metadata"]["annotations"] = {"transkube.dev/fault-injection": "stall-upload"}
+    kube.create(tj_path(ns), body)
+
+    def half_uploaded() -> bool:
+        stage = ((get_tj(kube, ns, "cancelled").get("status") or {}).get("progress") or {}).get("stage")
+        uploads = multipart_uploads(s3, big_key)
+        return bool(stage == "Uploading" and keys_under(s3, f"{prefix}hls/") and uploads and
+                    s3.list_parts(Bucket=BUCKET, Key=big_key, UploadId=uploads[0]["UploadId"]).get("Parts"))
+
+    wait_for("objects and a multipart part uploaded, the worker held in Uploading", half_uploaded, timeout=180)
+    written = keys_under(s3, prefix)
+    assert written and all(k.startswith(f"{prefix}hls/") for k in written), written  # remux.mp4 not complete
     (pod,) = [p for p in pods_of(kube, ns, "cancelled") if p["status"].get("phase") == "Running"]
     pid = worker_pid(cluster, pod)
+
     kube.merge_patch(tj_path(ns, "cancelled"), {"spec": {"cancel": True}})
     obj = wait_phase(kube, ns, "cancelled", ("Cancelled",), timeout=60)
     assert obj["status"]["reason"] == "Cancelled"
     assert condition(obj, "Succeeded")["status"] == "False"  # type: ignore[index]
     assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]
-    wait_for("Job deleted", lambda: not jobs_of(kube, ns, "cancelled"), timeout=60)
+    wait_for("worker Job deleted", lambda: not [j for j in jobs_of(kube, ns, "cancelled")
+                                                if not j["metadata"]["name"].endswith("-cleanup")], timeout=60)
     wait_for("worker process gone", lambda: not Path(f"/proc/{pid}").exists(), timeout=30)
-    assert not s3_exists(s3, outputs[0]["uri"])
+    wait_for("no object left under the output prefix", lambda: not keys_under(s3, prefix), timeout=60)
+    assert not multipart_uploads(s3, big_key), "an unfinished multipart upload was left behind"
+    assert not s3_exists(s3, f"s3://{BUCKET}/{big_key}")
 
 
 def test_suspend_and_resume(kube: Kube, tj_namespace: str, s3: Any, media: dict[str, Path]) -> None:

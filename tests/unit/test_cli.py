@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from transkube_api.presets import resolve_output
 from transkube_cli import main as cli_main
 from transkube_cli import render, sse
 from transkube_cli.main import main, parser
@@ -15,8 +18,8 @@ from transkube_cli.spec import (
     build_submit,
     default_output_name,
     field_path,
+    fill_defaults,
     load_manifest,
-    merge_preset,
     name_prefix,
     parse_output,
     retry_patch,
@@ -36,7 +39,7 @@ def test_parse_output_maps_keys_and_fills_default_codecs() -> None:
                    "video": {"height": "720", "crf": "23", "codec": "h264"},
                    "audio": {"bitrate": "96k", "codec": "aac"}}
     webm = parse_output("uri=s3://b1/o/a.webm,container=webm,crf=30")
-    assert webm["video"]["codec"] == "vp9" and webm["name"] == "a"
+    assert webm["video"]["codec"] == "vp9" and "name" not in webm  # named by fill_defaults
     assert parse_output("uri=s3://b1/o/x.mkv,container=mkv,vcodec=h265")["video"] == {"codec": "h265"}
     hdr = parse_output("uri=s3://b1/o/x.mkv,container=mkv,vcodec=h265,dynamic-range=hdr,pixel-format=yuv420p10le")
     assert hdr["video"] == {"codec": "h265", "dynamicRange": "hdr", "pixelFormat": "yuv420p10le"}
@@ -130,18 +133,93 @@ def test_manifest_whole_or_spec_only_and_flags_win() -> None:
         load_manifest(["not", "a", "mapping"])
 
 
-def test_preset_merge_output_overrides_field_by_field() -> None:
-    preset = {"container": "mp4", "video": {"codec": "h264", "resolution": "720p", "crf": 23},
-              "audio": {"codec": "aac", "bitrate": "128k"}}
-    out = parse_output("name=web,uri=s3://transkube/o/w.mp4,crf=28")
-    merged = merge_preset(preset, out)
-    assert merged == {"name": "web", "uri": "s3://transkube/o/w.mp4", "container": "mp4",
-                      "video": {"codec": "h264", "resolution": "720p", "crf": "28"},
-                      "audio": {"codec": "aac", "bitrate": "128k"}}
-    other_codec = merge_preset(preset, parse_output("name=w,uri=s3://transkube/o/w.mp4,container=mp4,vcodec=h265"))
-    assert other_codec["video"] == {"codec": "h265"}
-    req = build_submit(input_uri=IN, outputs=["name=web,uri=s3://transkube/o/w.mp4"], preset=preset)
-    assert req.spec.outputs[0].video is not None and req.spec.outputs[0].video.resolution == "720p"
+def builtin_presets() -> dict[str, dict[str, Any]]:
+    """The chart's built-in TranscodePresets' specs (templates/presets.yaml without its template lines)."""
+    text = (Path(__file__).resolve().parents[2] / "charts/transkube/templates/presets.yaml").read_text()
+    docs = yaml.safe_load_all("\n".join(line for line in text.splitlines() if "{{" not in line))
+    return {d["metadata"]["name"]: d["spec"] for d in docs if d}
+
+
+def outputs_of(req: Any) -> list[dict[str, Any]]:
+    return list(req.manifest()["spec"]["outputs"])
+
+
+def test_defaults_name_and_place_outputs_next_to_the_input() -> None:
+    """The README one-liner: `--output container=mp4,height=720` is a whole output."""
+    req = build_submit(input_uri="s3://transkube/in/dir/clip.final.mov",
+                       outputs=["container=mp4,height=720", "container=mp4,height=720", "container=webm",
+                                "container=mp4,resolution=480p", "container=m4a", "type=poster"])
+    got = [(o["name"], o["uri"]) for o in outputs_of(req)]
+    base = "s3://transkube/in/dir/clip.final"
+    assert got == [("mp4-720p", f"{base}-mp4-720p.mp4"), ("mp4-720p-2", f"{base}-mp4-720p-2.mp4"),
+                   ("webm", f"{base}-webm.webm"), ("mp4-480p", f"{base}-mp4-480p.mp4"), ("m4a", f"{base}-m4a.m4a"),
+                   ("poster", f"{base}-poster.jpg")]
+    # No directory, no extension; a given URI still names its output (made unique).
+    req = build_submit(input_uri="s3://bkt/clip", outputs=["container=mp4", "uri=s3://bkt/o/a.mp4,container=mp4",
+                                                           "uri=s3://bkt/p/a.webm,container=webm"])
+    assert [(o["name"], o["uri"]) for o in outputs_of(req)] == [
+        ("mp4", "s3://bkt/clip-mp4.mp4"), ("a", "s3://bkt/o/a.mp4"), ("a-2", "s3://bkt/p/a.webm")]
+
+
+def test_default_uris_never_collide_with_the_input_or_other_outputs() -> None:
+    taken = fill_defaults([{"name": "x", "uri": "s3://bkt/in/clip-webm.webm", "container": "webm"},
+                           {"container": "webm"}], "s3://bkt/in/clip.mp4", {})
+    assert taken[1] == {"container": "webm", "name": "webm", "uri": "s3://bkt/in/clip-webm-2.webm"}
+    # A prefix output never lands over another output, nor a file under a prefix output.
+    spec = {"input": {"uri": "s3://bkt/in/clip.mp4"},
+            "outputs": [{"name": "x", "uri": "s3://bkt/in/clip-hls/x.mp4", "container": "mp4"},
+                        {"name": "hls", "type": "hls"},
+                        {"name": "y", "uri": "s3://bkt/in/clip-z/", "type": "thumbnails",
+                         "thumbnails": {"intervalSeconds": 5}},
+                        {"name": "z/", "container": "mp4"}]}
+    filled = fill_defaults(spec["outputs"], spec["input"]["uri"], {})
+    assert filled[1]["uri"] == "s3://bkt/in/clip-hls-2/"
+    assert "uri" not in filled[3]  # an invalid name gives no URI: validation names outputs[3].name
+    req = build_submit(manifest={"input": {"uri": "s3://bkt/in/clip.mp4"},
+                                 "outputs": [{"type": "thumbnails", "thumbnails": {"intervalSeconds": 5}}]})
+    assert outputs_of(req)[0]["uri"] == "s3://bkt/in/clip-thumbnails/"
+    # Keys are taken literally: no path normalisation.
+    assert fill_defaults([{"container": "mp4"}], "s3://bkt/a//b/c.d.mp4", {})[0]["uri"] == "s3://bkt/a//b/c.d-mp4.mp4"
+    # Without a container there is no extension (and no valid file output): the container is named.
+    for flags in ("height=720", "name=x"):
+        with pytest.raises(SpecError) as exc:
+            build_submit(input_uri=IN, outputs=[flags])
+        assert exc.value.field == "outputs[0].container" and "container=mp4" in exc.value.detail
+
+
+def test_preset_outputs_name_the_preset_and_the_operator_merges_it() -> None:
+    presets = builtin_presets()
+    # An hls preset: the output stays {name, uri, preset}; its URI is a prefix because the preset's type is hls.
+    req = build_submit(input_uri=IN, preset="hls-default", presets=presets)
+    (out,) = outputs_of(req)
+    assert out == {"name": "hls-default", "uri": "s3://transkube/inputs/My_Clip-hls-default/", "type": "file",
+                   "preset": "hls-default"}
+    resolved = resolve_output(out, presets["hls-default"])  # what the operator will record
+    assert resolved["type"] == "hls" and resolved["streaming"]["autoLadder"] == {"maxRenditions": 4}
+    # crf vs bitrate: a bitrate override drops the preset's crf (the shared rule), never keeps both.
+    req = build_submit(input_uri=IN, outputs=["vbitrate=2M"], preset="web-720p", presets=presets)
+    (out,) = outputs_of(req)
+    assert out["preset"] == "web-720p" and out["video"] == {"codec": "h264", "bitrate": "2M"}
+    assert out["uri"] == "s3://transkube/inputs/My_Clip-web-720p.mp4"
+    video = resolve_output(out, presets["web-720p"])["video"]
+    assert video["bitrate"] == "2M" and "crf" not in video and video["resolution"] == "720p"
+    # Every --output names the preset; names stay unique.
+    req = build_submit(input_uri=IN, outputs=["crf=28", "crf=30"], preset="web-720p", presets=presets)
+    assert [o["name"] for o in outputs_of(req)] == ["web-720p", "web-720p-2"]
+    # A merge that cannot work is refused before anything is sent, naming the output.
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN, outputs=["container=webm"], preset="web-720p", presets=presets)
+    assert exc.value.field == "outputs[0]" and "webm cannot carry" in exc.value.detail
+    with pytest.raises(SpecError) as exc:
+        build_submit(input_uri=IN, outputs=["type=dash"], preset="hls-default", presets=presets)
+    assert exc.value.field == "outputs[0]" and "does not match the preset's type" in exc.value.detail
+    # A manifest output naming a preset that was not read cannot get a default URI.
+    with pytest.raises(SpecError) as exc:
+        build_submit(manifest={"input": {"uri": IN}, "outputs": [{"preset": "web-1080p"}]})
+    assert exc.value.field == "outputs[0].uri"
+    req = build_submit(manifest={"input": {"uri": IN}, "outputs": [{"preset": "thumbnail-sprite"}]},
+                       presets=presets)
+    assert outputs_of(req)[0]["uri"] == "s3://transkube/inputs/My_Clip-thumbnail-sprite/"
 
 
 def test_build_submit_priority_and_pool() -> None:
@@ -403,5 +481,6 @@ def test_submit_validates_before_connecting(capsys: pytest.CaptureFixture[str],
         == Exit.USAGE
     err = capsys.readouterr().err
     assert "outputs[0]: webm cannot carry" in err and "credentials" not in err
-    assert main(["submit", "--preset", "p", "--input", IN]) == Exit.USAGE
-    assert "exactly one --output" in capsys.readouterr().err
+    # A preset must be read first: then the backend is needed (and here has no credentials).
+    assert main(["submit", "--preset", "p", "--input", IN]) == 5
+    assert "no Kubernetes credentials" in capsys.readouterr().err

@@ -102,3 +102,64 @@ def test_rules_shape() -> None:
         assert alert["expr"].count("(") == alert["expr"].count(")"), alert["alert"]
     # the three the operations guide promises
     assert {"TranskubeJobsStuck", "TranskubeFailureRateHigh", "TranskubeQueueDepthHigh"} <= set(names)
+
+
+# ---- phases: the dashboard and the alerts name only phases a TranscodeJob can be in ------------------------
+
+PHASE_MATCHER = re.compile(r'\bphase\s*(=~|!~|!=|=)\s*"([^"]*)"')
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def phases_named(expr: str) -> set[str]:
+    """Every phase a `phase` label matcher names; regex matchers must be plain alternations of names."""
+    named: set[str] = set()
+    for op, value in PHASE_MATCHER.findall(expr):
+        parts = value.split("|") if op in ("=~", "!~") else [value]
+        assert all(re.fullmatch(r"[A-Za-z]+", p) for p in parts), f"not a plain list of phases: {value!r}"
+        named.update(parts)
+    return named
+
+
+def about_the_queue(text: str) -> bool:
+    return bool(re.search(r"queue", text, re.IGNORECASE))
+
+
+def panels() -> list[dict[str, Any]]:
+    def walk(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for panel in items:
+            yield panel
+            yield from walk(panel.get("panels") or [])
+
+    return list(walk(json.loads(DASHBOARD.read_text())["panels"]))
+
+
+def test_phase_matchers_name_phases_the_model_has_and_the_queue_is_queued() -> None:
+    from typing import get_args
+
+    from transkube_api.models import Phase
+
+    phases = set(get_args(Phase))
+    used: dict[str, set[str]] = {}
+    queue: dict[str, set[str]] = {}
+    for panel in panels():
+        named = set().union(*(phases_named(t["expr"]) for t in panel.get("targets") or []))
+        used[f"panel {panel['title']}"] = named
+        if named and about_the_queue(f"{panel['title']} {panel.get('description', '')}"):
+            queue[f"panel {panel['title']}"] = named
+    doc = yaml.safe_load(RULES.read_text())
+    for rule in (r for g in doc["groups"] for r in g["rules"]):
+        named = phases_named(str(rule["expr"]))
+        used[f"alert {rule['alert']}"] = named
+        if named and about_the_queue(rule["alert"]):
+            queue[f"alert {rule['alert']}"] = named
+    assert used["alert TranskubeQueueDepthHigh"] == {"Queued"}
+    assert any(name.startswith("panel") for name in queue), "the dashboard has no queue panel by phase"
+    unknown = {where: sorted(named - phases) for where, named in used.items() if named - phases}
+    assert not unknown, f"phases the model does not have ({sorted(phases)}): {unknown}"
+    wrong = {where: sorted(named) for where, named in queue.items() if named != {"Queued"}}
+    assert not wrong, f"queue panels/alerts must count phase Queued (waiting jobs), not: {wrong}"
+    # The guide says the same: its phase matchers are real phases, and the queue depth is Queued.
+    text = OPERATIONS.read_text()
+    assert not phases_named(text) - phases
+    (row,) = [line for line in text.splitlines() if line.startswith("| `transkube_transcodejobs` |")]
+    assert "`Queued` = queue depth" in row, row

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from transkube_worker.faults import (
     FAULT_INJECTION_ENV,
     Fault,
     Stall,
+    UploadHold,
     fault_for,
     finished_attempts,
     lookup_fault,
@@ -55,7 +57,7 @@ def attempt(n: int, *, finished: bool = True) -> dict[str, Any]:
 # ---- fault_for (pure) -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["stall", "exit-transient", "exit-internal"])
+@pytest.mark.parametrize("value", ["stall", "stall-upload", "exit-transient", "exit-internal"])
 def test_fault_only_when_the_environment_allows_it(value: str) -> None:
     obj = tj({ANNOTATION_FAULT: value})
     assert fault_for(obj, ALLOWED) == Fault(value)
@@ -271,3 +273,54 @@ def test_stall_stops_ffmpeg_after_the_first_sample_and_sigterm_still_ends_it(tmp
     assert state_at_signal and state_at_signal[0] in ("T", "t")  # really stopped: no progress was being made
     assert stages == ["Transcoding", "Transcoding"]  # the stage change and one sample, then nothing
     assert procs[-1].poll() is not None and procs[-1].returncode != -signal.SIGKILL  # SIGTERM, within the grace
+
+
+# ---- stall-upload: hold the attempt half-way through Uploading ---------------------------------------------
+
+
+class FakeTransfer:
+    """What UploadHold reads of an s3transfer TransferFuture: meta.size and result()."""
+
+    def __init__(self, size: int, error: Exception | None = None) -> None:
+        self.meta = type("Meta", (), {"size": size})()
+        self.error = error
+
+    def result(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def test_upload_hold_configures_one_transfer_at_a_time() -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    config = UploadHold(16, 8).configure(TransferConfig(max_concurrency=8))
+    assert config.max_request_concurrency == 1 and config.max_submission_concurrency == 1
+
+
+def test_upload_hold_holds_once_an_object_is_done_and_a_multipart_part_is_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    hold = UploadHold(multipart_threshold=16, part_size=8)
+    small, big, failed = FakeTransfer(4), FakeTransfer(32), FakeTransfer(4, RuntimeError("refused"))
+    hold.on_progress(small, 4)  # type: ignore[arg-type]
+    hold.on_progress(big, 12)  # type: ignore[arg-type]  # a part is sent, but no object is complete yet
+    hold.on_done(failed)  # type: ignore[arg-type]  # a failed transfer completes nothing
+    assert not hold.held.is_set()
+    hold.wait_if_held()  # not held: returns at once
+    hold.on_done(small)  # type: ignore[arg-type]
+    hold.on_progress(FakeTransfer(8), 8)  # type: ignore[arg-type]  # below the multipart threshold: never holds
+    assert not hold.held.is_set()
+
+    sending = threading.Thread(target=hold.on_progress, args=(big, 4))  # 16 > one part: holds here
+    sending.start()
+    assert hold.held.wait(5)
+    sending.join(0.2)
+    assert sending.is_alive(), "the transfer thread must block while held"
+
+    def signal_arrives(seconds: float) -> None:
+        raise Terminated("stopped by SIGTERM")
+
+    monkeypatch.setattr("transkube_worker.faults.time.sleep", signal_arrives)
+    with pytest.raises(Terminated):
+        hold.wait_if_held()  # the main thread waits for the signal; its Terminated releases the transfer
+    sending.join(5)
+    assert not sending.is_alive() and hold.released.is_set()

@@ -4,12 +4,14 @@ Off unless the operator sets TRANSKUBE_FAULT_INJECTION=allowed on the worker (wh
 platform enables it in the chart); without that variable the worker never even reads the annotations. When
 allowed, the worker reads its own TranscodeJob once at start:
 
-- `transkube.dev/fault-injection`: `stall` | `exit-transient` | `exit-internal` (anything else: warning, ignored)
+- `transkube.dev/fault-injection`: `stall` | `stall-upload` | `exit-transient` | `exit-internal` (anything else:
+  warning, ignored)
 - `transkube.dev/fault-injection-attempts`: optional N; the fault applies only while fewer than N earlier attempts
   have finished (entries of status.attemptHistory with a finishTime), so a test can fail the first N attempts and
   let the next one succeed. Absent: every attempt.
 
-The decision (`fault_for`) is pure; `lookup_fault` is the one API read; `Stall` is the stall's runtime part.
+The decision (`fault_for`) is pure; `lookup_fault` is the one API read; `Stall` and `UploadHold` are the stalls'
+runtime parts.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import enum
 import logging
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
+from s3transfer.futures import TransferFuture
+from s3transfer.subscribers import BaseSubscriber
 from transkube_api.constants import GROUP, PLURAL, PREFIX, VERSION
 
 from .errors import Internal, Transient, WorkerError
@@ -37,6 +43,7 @@ ANNOTATION_FAULT_ATTEMPTS = f"{PREFIX}/fault-injection-attempts"
 
 class Fault(enum.StrEnum):
     STALL = "stall"
+    STALL_UPLOAD = "stall-upload"
     EXIT_TRANSIENT = "exit-transient"
     EXIT_INTERNAL = "exit-internal"
 
@@ -142,3 +149,60 @@ class Stall:
             "pid": self._proc.pid}})
         while True:  # the signal handler raises Terminated out of the sleep
             time.sleep(sleep)
+
+
+class UploadHold(BaseSubscriber):
+    """The `stall-upload` fault: hold the attempt half-way through Uploading, so a test can cancel it there.
+
+    Uploads run one at a time, in the order they were submitted (output by output, files sorted). As soon as at
+    least one object is completely uploaded and a multipart upload has a part uploaded (its transfer has read
+    more than one part), the transfer thread blocks inside the part it is sending and the worker's main thread
+    (`wait_if_held`, from the upload's progress tick) waits for a signal. SIGTERM raises Terminated out of that
+    wait, which releases the transfer thread on its way out; the transfer manager then cancels the transfers
+    (s3transfer aborts the multipart upload) and the worker deletes the objects it submitted. A job without a
+    multipart-sized output never holds."""
+
+    def __init__(self, multipart_threshold: int, part_size: int) -> None:
+        self._threshold = multipart_threshold
+        self._part_size = part_size
+        self._lock = threading.Lock()
+        self._completed = 0
+        self._read: dict[int, int] = {}  # id(transfer future) -> bytes read so far
+        self.held = threading.Event()
+        self.released = threading.Event()
+
+    def configure(self, config: TransferConfig) -> TransferConfig:
+        """One request at a time, submitted in order: the hold point is then deterministic."""
+        config.max_request_concurrency = 1
+        config.max_submission_concurrency = 1
+        return config
+
+    def on_done(self, future: TransferFuture, **kwargs: Any) -> None:
+        try:
+            future.result()
+        except Exception:
+            return
+        with self._lock:
+            self._completed += 1
+
+    def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
+        size = future.meta.size
+        with self._lock:
+            read = self._read[id(future)] = self._read.get(id(future), 0) + bytes_transferred
+            if (not self.held.is_set() and self._completed >= 1 and size is not None and size >= self._threshold
+                    and read > self._part_size):
+                self.held.set()
+        if self.held.is_set():
+            self.released.wait()
+
+    def wait_if_held(self, sleep: float = 60.0) -> None:
+        """On the main thread: once held, wait for a signal (its Terminated releases the transfers)."""
+        if not self.held.is_set():
+            return
+        log.warning("fault injection: uploads held half-way; waiting for a signal",
+                    extra={"fields": {"completedObjects": self._completed}})
+        try:
+            while True:  # the signal handler raises Terminated out of the sleep
+                time.sleep(sleep)
+        finally:
+            self.released.set()

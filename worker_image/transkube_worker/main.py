@@ -35,7 +35,7 @@ from . import __version__
 from .cleanup import run_cleanup
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
 from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, WorkerError, termination_message
-from .faults import Fault, Stall, lookup_fault
+from .faults import Fault, Stall, UploadHold, lookup_fault
 from .ffmpeg_args import (
     DEFAULT_LIMITS,
     Accelerator,
@@ -336,9 +336,16 @@ class Attempt:
         total = sum(size for _, size in sizes)
         counter = ByteCounter()
         checksums: dict[str, str] = {}
+        config = transfer_config()
+        hold = UploadHold(config.multipart_threshold, config.multipart_chunksize) \
+            if self.fault is Fault.STALL_UPLOAD else None  # test-only (faults.py)
+        if hold is not None:
+            hold.configure(config)
 
         def tick() -> None:
             self.reporter.update(compute_progress("Uploading", utcnow(), done_bytes=counter.done, total_bytes=total))
+            if hold is not None:
+                hold.wait_if_held()  # test-only: blocks (uploads half done) until SIGTERM
 
         def hash_outputs() -> None:
             # Runs while the transfer threads upload: the checksum costs no extra wall time.
@@ -349,7 +356,8 @@ class Attempt:
         self.reporter.update(compute_progress("Uploading", utcnow(), done_bytes=0, total_bytes=total))
         self._abort_stale_uploads(client, sizes)
         started = time.monotonic()
-        upload_all(client, uploads, counter, transfer_config(), tick, self.submitted.append, hash_outputs)
+        upload_all(client, uploads, counter, config, tick, self.submitted.append, hash_outputs,
+                   subscribers=[hold] if hold is not None else [])
         log.info("uploaded", extra={"fields": {"bytes": total, "seconds": round(time.monotonic() - started, 2)}})
         return [with_quality(output_result(o, outputs[o.name], facts, checksums.get(o.uri)), self.quality.get(o.name))
                 for o in spec.outputs]

@@ -214,10 +214,12 @@ class Upload:
 
 def upload_all(client: S3Client, uploads: Sequence[Upload], counter: ByteCounter, config: TransferConfig,
                tick: Callable[[], None], on_submitted: Callable[[S3Location], None],
-               while_uploading: Callable[[], None] = lambda: None) -> None:
+               while_uploading: Callable[[], None] = lambda: None,
+               subscribers: Sequence[BaseSubscriber] = ()) -> None:
     """Upload every file in parallel. `on_submitted` records each object before its transfer starts, so cleanup
     can remove it whatever happens next; `while_uploading` runs on this thread once all are submitted (the
-    checksums are computed there, overlapping the network transfer)."""
+    checksums are computed there, overlapping the network transfer). `subscribers` see every transfer too
+    (test-only fault injection)."""
     current = uploads[0].location.uri if uploads else ""
     try:
         with create_transfer_manager(client, config) as manager:
@@ -227,7 +229,7 @@ def upload_all(client: S3Client, uploads: Sequence[Upload], counter: ByteCounter
                 on_submitted(item.location)
                 futures.append(manager.upload(str(item.path), item.location.bucket, item.location.key,
                                               extra_args={"ContentType": item.content_type},
-                                              subscribers=[counter]))
+                                              subscribers=[counter, *subscribers]))
             current = ", ".join(u.location.uri for u in uploads)
             while_uploading()
             wait_all(futures, tick)
