@@ -227,8 +227,12 @@ async def output_url(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     ttl = storage.ttl(_int_param(request, "expiresIn"), request.app[CONFIG].download_url_ttl_seconds)
     written = {o.get("name"): o for o in (obj.get("status") or {}).get("outputs") or []}
+    asked = {o.get("name"): o for o in (obj.get("spec") or {}).get("outputs") or []}
+    # Confinement first, from the spec: the answer must not depend on whether the status has been seen yet.
+    if asked.get(output, {}).get("uri"):
+        confine_uri(request.app[CONFIG], ident.tenant, str(asked[output]["uri"]), "output", "read")
     if output not in written:
-        if any(o.get("name") == output for o in (obj.get("spec") or {}).get("outputs") or []):
+        if output in asked:
             raise ApiError(409, "output_not_ready", f"output {output!r} has not been written yet")
         raise ApiError(404, "not_found", f"job has no output named {output!r}")
     uri = str(written[output]["uri"])

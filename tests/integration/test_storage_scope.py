@@ -136,6 +136,9 @@ def test_shim_tenants_cannot_read_overwrite_or_presign_each_others_objects(
     name = kube.create(tj_path(a.namespace), sneaky)["metadata"]["name"]
     kube.merge_patch(tj_path(a.namespace, name) + "/status", {"status": {"outputs": [
         {"name": "o", "uri": victim["output"], "sizeBytes": 21}]}})
+    # The shim reads from its watch cache: wait until it has seen the reported output, then ask.
+    wait_for("the shim to see the reported output", lambda: ((a.get(f"/api/v1/jobs/{name}").json().get("status")
+                                                             or {}).get("outputs")), timeout=30)
     message = refused(a.get(f"/api/v1/jobs/{name}/outputs/o/url"), 403, "uri_forbidden", "output")
     assert victim["output"] in message
     got = cli(shim_env(a), "outputs", name, "--download", "/tmp/never")
