@@ -1,20 +1,34 @@
-"""kopf handlers: thin. Every event about a TranscodeJob, its Job or its pods leads to one reconcile:
-read the current objects, ask reconcile.plan() what to do, do it."""
+"""kopf handlers: thin, and cheap for the API server at any number of TranscodeJobs.
+
+- Reads come from memory. kopf indexes, fed by the watch streams kopf already holds, keep slim projections of
+  TranscodeJobs (for admission), their Jobs and worker pods, and TranscodePresets; the TranscodeJob bodies the
+  reconcile needs come with their watch events. kopf calls no handler before its indexes hold the initial
+  listing, so nothing decides on a half-filled cache.
+- Every event becomes a key in one work queue (workqueue.py): events coalesce, one key is never reconciled
+  twice at once, and time-based decisions (retry backoff, stall deadline, GPU fallback, retention, webhook
+  retries, error retries) are timers on the same queue. Nothing polls per object.
+- A reconcile reads its inputs from memory on the event loop, then runs reconcile.plan() and the writes it
+  asks for on a small thread pool (the Kubernetes client is synchronous), and takes its own writes back into
+  memory from the API server's answers, so it never repeats one.
+- Admission runs in memory over the TranscodeJob index: no LIST. Its decisions reach status through the job's
+  own reconcile, status.queue's one writer.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
-import heapq
 import logging
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from kubernetes import config as kube_config
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 from transkube_api.constants import (
     GROUP,
@@ -23,89 +37,108 @@ from transkube_api.constants import (
     MANAGED_BY,
     PLURAL,
     PREFIX,
+    PRESET_PLURAL,
     REASON_QUOTA_EXCEEDED,
     VERSION,
 )
 
-from . import delivery, metrics, queue, webhooks
+from . import cache, delivery, metrics, queue, webhooks
+from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
 from .reconcile import (
     TERMINAL,
     CreateJob,
+    DeleteJob,
     DeletePod,
     DeleteTranscodeJob,
+    Plan,
+    SetJobSuspend,
     parse_time,
     plan,
     presets_needed,
     rfc3339_precise,
 )
+from .workqueue import WorkQueue
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
+log = logging.getLogger("transkube.operator")
 CFG = OperatorConfig.from_env()
-_kube: Kube | None = None
-# One reconcile at a time per TranscodeJob: events for it, its Job and its pods arrive concurrently.
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 WEBHOOKS = webhooks.WebhookConfig(retry_schedule=CFG.webhooks.retry_schedule)
 POLICY = delivery.DeliveryPolicy(allowed_cidrs=CFG.webhooks.allowed_cidrs, allow_http=CFG.webhooks.allow_http,
                                  total_timeout=CFG.webhooks.timeout_seconds,
                                  connect_timeout=min(5.0, CFG.webhooks.timeout_seconds),
                                  max_response_bytes=CFG.webhooks.max_response_bytes)
+WORKERS = 8  # reconciles in flight at once (threads: the Kubernetes client blocks)
 ADMISSION_MIN_INTERVAL = 0.5  # seconds between two admission passes, however many events poke it
-ADMISSION_MAX_INTERVAL = 5.0  # a pass at least this often (aging, missed pokes)
+ADMISSION_MAX_INTERVAL = 5.0  # a pass at least this often while jobs wait (aging); in memory, no API calls
+WRITTEN_TTL = 120.0  # seconds a remembered write may wait for the watch to catch up before it is dropped
 
 
-class Wakeups:
-    """Reconciles a TranscodeJob at a time its plan named (retry backoff end, stall deadline, webhook retry,
-    retention), sooner than the resync timer would."""
+@dataclass
+class Runtime:
+    """The operator's in-memory state. Touched only on the event loop."""
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, str, str]] = []
-        # The earliest wake-up pending per job: every progress write re-plans a stall deadline, and one
-        # wake-up per job is enough (the reconcile it runs plans the next one).
-        self._due: dict[tuple[str, str], float] = {}
-        self._cond = threading.Condition()
-
-    def at(self, when: dt.datetime, namespace: str, name: str) -> None:
-        at, key = when.timestamp(), (namespace, name)
-        with self._cond:
-            if key in self._due and self._due[key] <= at:
-                return
-            self._due[key] = at
-            heapq.heappush(self._heap, (at, namespace, name))
-            self._cond.notify()
-
-    def run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap or self._heap[0][0] > time.time():
-                    self._cond.wait(timeout=None if not self._heap else max(0.0, self._heap[0][0] - time.time()))
-                at, namespace, name = heapq.heappop(self._heap)
-                if self._due.get((namespace, name)) != at:
-                    continue  # superseded by an earlier wake-up, which already ran
-                del self._due[(namespace, name)]
-            try:
-                reconcile(namespace, name, logging.getLogger("transkube.wakeup"))
-            except Exception:  # the resync timer retries; keep the thread alive
-                logging.getLogger("transkube.wakeup").exception("reconcile at wake-up failed")
+    kube: Kube | None = None
+    queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    bodies: dict[Key, Obj] = field(default_factory=dict)  # TranscodeJobs as of their latest event or write
+    written_jobs: dict[Key, dict[str, tuple[float, Obj]]] = field(default_factory=dict)  # our Job writes
+    admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
+    refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
+    indexes: dict[str, Any] = field(default_factory=dict)
+    poke: asyncio.Event = field(default_factory=asyncio.Event)  # admission has something to look at
+    executor: ThreadPoolExecutor | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-_wakeups = Wakeups()
-_admission_poke = threading.Event()
+RT = Runtime()
 
 
 def kube() -> Kube:
-    assert _kube is not None, "operator not started"
-    return _kube
+    assert RT.kube is not None, "operator not started"
+    return RT.kube
 
 
-# A replaced pod may hold the metrics port for a few seconds while it terminates (hostNetwork-like dev nodes,
-# or a quick delete): retry every second, not kopf's default minute.
+# ---- indexes: slim projections kept by kopf from its watch streams -----------------------------------------
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def tj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Obj]:
+    return {(namespace or "", name): cache.slim_queue_entry(dict(body))}
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+async def job_index(body: kopf.Body, **_: Any) -> dict[Key, Obj]:
+    key = cache.owner_key(dict(body))
+    return {key: cache.slim_job(dict(body))} if key else {}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+async def pod_index(body: kopf.Body, **_: Any) -> dict[Key, Obj]:
+    key = cache.owner_key(dict(body))
+    return {key: cache.slim_pod(dict(body))} if key else {}
+
+
+@kopf.index(GROUP, VERSION, PRESET_PLURAL)
+async def preset_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Obj]:
+    meta = body.get("metadata") or {}
+    return {name: {"metadata": {"name": name, "generation": meta.get("generation")},
+                   "spec": dict(body.get("spec") or {})}}
+
+
+def _remember_indexes(kwargs: Mapping[str, Any]) -> None:
+    if not RT.indexes:
+        RT.indexes = {k: kwargs[k] for k in ("tj_index", "job_index", "pod_index", "preset_index") if k in kwargs}
+
+
+# ---- startup ---------------------------------------------------------------------------------------------
+
+# A replaced pod may hold the metrics port for a few seconds while it terminates: retry every second.
 @kopf.on.startup(backoff=1)
-def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
-    global _kube
-    # kopf's own bookkeeping lives in annotations under our prefix; status stays ours.
+async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
+    # kopf's own bookkeeping would live in annotations under our prefix; with event handlers and indexes only it
+    # writes none. The finalizer name stays, so kopf removes one an older operator version left behind.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
@@ -113,84 +146,238 @@ def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    settings.execution.max_workers = 16
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    _kube = Kube()
-    start_http_server(CFG.metrics_port)
-    threading.Thread(target=_wakeups.run, name="wakeups", daemon=True).start()
-    threading.Thread(target=admission_loop, name="admission", daemon=True).start()
+    if RT.kube is None:
+        try:
+            kube_config.load_incluster_config()
+        except kube_config.ConfigException:
+            kube_config.load_kube_config()
+        RT.kube = Kube()
+        start_http_server(CFG.metrics_port)
+        RT.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="reconcile")
+        RT.tasks = [asyncio.create_task(RT.queue.run_timers(), name="timers"),
+                    asyncio.create_task(admission_loop(), name="admission"),
+                    *(asyncio.create_task(worker(), name=f"worker-{i}") for i in range(WORKERS))]
     logger.info("transkube operator started: worker image %s, metrics on :%d", CFG.worker_image, CFG.metrics_port)
 
 
-def reconcile(namespace: str | None, name: str, logger: Log, refusal: tuple[str, str] | None = None) -> None:
-    assert namespace, "TranscodeJobs are namespaced"
+# ---- events: each one is a key in the work queue ---------------------------------------------------------
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str, uid: str,
+                          **kwargs: Any) -> None:
+    _remember_indexes(kwargs)
+    key: Key = (namespace or "", name)
+    if event.get("type") == "DELETED":
+        forget(key, uid)
+        return
+    body = cache.strip(dict(event["object"]))
+    old = RT.bodies.get(key)
+    same = old is not None and (old.get("metadata") or {}).get("uid") == uid
+    if same and cache.resource_version(old) >= cache.resource_version(body):
+        return  # our own write coming back: the reconcile that made it already saw it
+    if old is not None and not same:
+        forget(key, (old.get("metadata") or {}).get("uid"))
+    RT.bodies[key] = body
+    RT.queue.add(key)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+async def on_job(body: kopf.Body, **kwargs: Any) -> None:
+    _remember_indexes(kwargs)
+    key = cache.owner_key(dict(body))
+    if key in RT.bodies:
+        RT.queue.add(key)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+async def on_pod(body: kopf.Body, **kwargs: Any) -> None:
+    _remember_indexes(kwargs)
+    key = cache.owner_key(dict(body))
+    if key in RT.bodies:
+        RT.queue.add(key)
+
+
+def forget(key: Key, uid: str | None) -> None:
+    RT.bodies.pop(key, None)
+    RT.written_jobs.pop(key, None)
+    RT.admission.pop(key, None)
+    RT.refusals.pop(key, None)
+    RT.queue.discard_timer(key)
+    if uid:
+        metrics.observe_phase(uid, None)
+    RT.poke.set()  # a deleted job may have held a slot
+
+
+# ---- the reconcile: inputs from memory, decisions pure, writes on a thread -------------------------------
+
+@dataclass(frozen=True)
+class Inputs:
+    key: Key
+    tj: Obj
+    jobs: list[Obj]
+    pods: list[Obj]
+    presets: dict[str, Obj | None]
+    admission: Obj | None
+    refusal: tuple[str, str] | None
+    ensure_rbac: bool
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    status: Obj  # status after this reconcile's writes
+    body: Obj | None = None  # the TranscodeJob as the API server answered our last write to it
+    jobs: dict[str, Obj] = field(default_factory=dict)  # Jobs as the API server answered our writes
+    deleted_jobs: list[str] = field(default_factory=list)
+    rbac_ready: bool = False
+    deleted: bool = False
+
+
+def _first(store: Any) -> Obj | None:
+    for value in store or ():
+        return dict(value)
+    return None
+
+
+def snapshot(key: Key) -> Inputs | None:
+    """Everything one reconcile reads, from memory (on the event loop, where the indexes change)."""
+    tj = RT.bodies.get(key)
+    if tj is None:
+        return None
+    uid = tj["metadata"]["uid"]
+    written = RT.written_jobs.get(key, {})
+    watched = list(RT.indexes.get("job_index", {}).get(key, ()))
+    if written:
+        now = time.monotonic()
+        for name in cache.stale_writes(watched, {n: o for n, (_, o) in written.items()}):
+            written.pop(name, None)
+        for name in [n for n, (t, _) in written.items() if now - t > WRITTEN_TTL]:
+            written.pop(name, None)
+    jobs = [j for j in cache.merge_children(watched, {n: o for n, (_, o) in written.items()})
+            if any(r.get("uid") == uid for r in j["metadata"].get("ownerReferences") or [])]
+    pods = sorted(RT.indexes.get("pod_index", {}).get(key, ()), key=lambda p: p["metadata"]["name"])
+    presets_idx = RT.indexes.get("preset_index", {})
+    presets = {p: _first(presets_idx.get(p)) for p in presets_needed(tj)}
+    return Inputs(key=key, tj=tj, jobs=jobs, pods=list(pods), presets=presets,
+                  admission=RT.admission.get(key), refusal=RT.refusals.get(key),
+                  ensure_rbac=CFG.manage_worker_rbac and key[0] not in RT.rbac_ready)
+
+
+def execute(inp: Inputs) -> Outcome:
+    """plan() and its writes (on a worker thread; touches no shared state)."""
     k = kube()
-    with _locks[(namespace, name)]:
-        tj = k.get_tj(namespace, name)
-        if tj is None:
-            return
-        uid = tj["metadata"]["uid"]
-        status: dict[str, Any] = tj.get("status") or {}
-        metrics.RECONCILES.inc()
+    namespace, name = inp.key
+    tj = inp.tj
+    uid = tj["metadata"]["uid"]
+    status: Obj = tj.get("status") or {}
+    metrics.RECONCILES.inc()
+    now = dt.datetime.now(dt.UTC)
+    result = plan(tj, inp.jobs, inp.pods, CFG, now, inp.presets, refusal=inp.refusal, admission=inp.admission)
+    after = {k_: v for k_, v in {**status, **result.status_patch}.items() if v is not None}
+    # The webhook outbox rides in the same status patch as the phase change it reports.
+    outbox = webhooks.outbox_update(tj, status, after, now, WEBHOOKS)
+    result.status_patch.update(outbox)
+    after.update(outbox)
+    out = Outcome(plan=result, status=after)
+    if inp.ensure_rbac and any(isinstance(a, CreateJob) for a in result.actions):
+        k.ensure_worker_rbac(worker_rbac(namespace, CFG))
+        out.rbac_ready = True
+    for action in result.actions:
+        if isinstance(action, DeleteTranscodeJob):
+            continue
+        log.info("%s/%s action: %s", namespace, name, type(action).__name__)
+        answer = k.apply(namespace, uid, action, name)
+        if answer is not None and isinstance(action, CreateJob | SetJobSuspend):
+            out.jobs[answer["metadata"]["name"]] = cache.slim_job(answer)
+        if isinstance(action, DeleteJob):
+            out.deleted_jobs.append(action.name)
+        if isinstance(action, DeletePod):
+            metrics.STALLS.inc()
+    if result.status_patch:
+        out.body = k.patch_status(namespace, name, result.status_patch)
+    if result.labels_patch:
+        out.body = k.patch_labels(namespace, name, result.labels_patch)
+    for event in result.events:
+        k.post_event(tj, event)
+    body, out.status = deliver_due(k, tj, after)
+    out.body = body or out.body
+    if any(isinstance(a, DeleteTranscodeJob) for a in result.actions):
+        k.apply(namespace, uid, DeleteTranscodeJob(), name)
+        out.deleted = True
+    return out
+
+
+def absorb(inp: Inputs, out: Outcome) -> None:
+    """Takes a reconcile's results into memory (on the event loop)."""
+    key = inp.key
+    tj = inp.tj
+    uid = tj["metadata"]["uid"]
+    current = RT.bodies.get(key)
+    if current is not None and current["metadata"].get("uid") == uid and out.body is not None:
+        RT.bodies[key] = cache.newest(current, cache.strip(out.body)) or current
+    if out.jobs or out.deleted_jobs:
+        written = RT.written_jobs.setdefault(key, {})
+        for name in out.deleted_jobs:
+            written.pop(name, None)
+        stamp = time.monotonic()
+        written.update({n: (stamp, o) for n, o in out.jobs.items()})
+    if out.rbac_ready:
+        RT.rbac_ready.add(key[0])
+    result = out.plan
+    old_phase = (tj.get("status") or {}).get("phase")
+    if result.phase in TERMINAL:
+        RT.refusals.pop(key, None)
+    wake = [t for t in (result.wake_at, webhooks.next_due(out.status)) if t is not None]
+    if wake and not out.deleted:
+        delay = (min(wake) - dt.datetime.now(dt.UTC)).total_seconds()
+        RT.queue.add_after(key, max(delay, 0.0) + 0.2)
+    if result.phase != old_phase or result.phase == "Queued":
+        RT.poke.set()
+    if inp.refusal and result.phase == "Failed" and old_phase != "Failed":
+        metrics.QUOTA_REFUSALS.labels(key[0]).inc()
+    metrics.observe_phase(uid, result.phase)
+    now = dt.datetime.now(dt.UTC)
+    metrics.record(metrics.observations(tj, result.phase, result.status_patch,
+                                        [(e.reason, e.message) for e in result.events], now))
+    if result.phase in TERMINAL and old_phase not in TERMINAL:
+        created = parse_time(tj["metadata"].get("creationTimestamp"))
+        if created:
+            metrics.DURATION.labels(result.phase).observe((now - created).total_seconds())
+
+
+async def worker() -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        key, waited = await RT.queue.get()
+        metrics.EVENT_LAG.observe(waited)
         try:
-            jobs = k.owned_jobs(namespace, name, uid)
-            pods = k.worker_pods(namespace, name)
-            presets = {p: k.get_preset(p) for p in presets_needed(tj)}
-            now = dt.datetime.now(dt.UTC)
-            result = plan(tj, jobs, pods, CFG, now, presets, refusal=refusal)
-            after = {k_: v for k_, v in {**status, **result.status_patch}.items() if v is not None}
-            # The webhook outbox rides in the same status patch as the phase change it reports.
-            outbox = webhooks.outbox_update(tj, status, after, now, WEBHOOKS)
-            result.status_patch.update(outbox)
-            after.update(outbox)
-            if CFG.manage_worker_rbac and any(isinstance(a, CreateJob) for a in result.actions):
-                k.ensure_worker_rbac(worker_rbac(namespace, CFG))
-            for action in result.actions:
-                if isinstance(action, DeleteTranscodeJob):
-                    continue
-                logger.info("action: %s", type(action).__name__)
-                k.apply(namespace, uid, action, name)
-                if isinstance(action, DeletePod):
-                    metrics.STALLS.inc()
-            if result.status_patch:
-                k.patch_status(namespace, name, result.status_patch)
-            if result.labels_patch:
-                k.patch_labels(namespace, name, result.labels_patch)
-            for event in result.events:
-                k.post_event(tj, event)
-            after = deliver_due(k, tj, after, logger)
-            if any(isinstance(a, DeleteTranscodeJob) for a in result.actions):
-                k.apply(namespace, uid, DeleteTranscodeJob(), name)
-                return
-        except Exception as exc:
+            inp = snapshot(key)
+            if inp is None:
+                RT.queue.forget(key)
+                continue
+            started = time.monotonic()
+            out = await loop.run_in_executor(RT.executor, execute, inp)
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            absorb(inp, out)
+            RT.queue.forget(key)
+        except Exception as exc:  # level-based: the next try reads the state afresh
             metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-            raise
-        wake = [t for t in (result.wake_at, webhooks.next_due(after)) if t is not None]
-        if wake:
-            _wakeups.at(max(min(wake), dt.datetime.now(dt.UTC)) + dt.timedelta(milliseconds=200), namespace, name)
-        old_phase = status.get("phase")
-        if result.phase != old_phase or result.phase == "Queued":
-            _admission_poke.set()
-        if refusal and result.phase == "Failed" and old_phase != "Failed":
-            metrics.QUOTA_REFUSALS.labels(namespace).inc()
-        metrics.observe_phase(uid, result.phase)
-        metrics.record(metrics.observations(tj, result.phase, result.status_patch,
-                                            [(e.reason, e.message) for e in result.events], dt.datetime.now(dt.UTC)))
-        if result.phase in TERMINAL and old_phase not in TERMINAL:
-            created = parse_time(tj["metadata"].get("creationTimestamp"))
-            if created:
-                elapsed = (dt.datetime.now(dt.UTC) - created).total_seconds()
-                metrics.DURATION.labels(result.phase).observe(elapsed)
+            delay = RT.queue.retry(key)
+            log.warning("reconcile of %s/%s failed (%s: %s); retrying in %.1fs", *key, type(exc).__name__,
+                        str(exc)[:300], delay)
+        finally:
+            RT.queue.done(key)
+            metrics.QUEUE_DEPTH.labels("ready").set(len(RT.queue))
+            metrics.QUEUE_DEPTH.labels("timers").set(RT.queue.delayed)
 
 
-def deliver_due(k: Kube, tj: dict[str, Any], status: dict[str, Any], logger: Log) -> dict[str, Any]:
-    """POSTs the webhook deliveries that are due, recording each result in status right after it."""
+def deliver_due(k: Kube, tj: Obj, status: Obj) -> tuple[Obj | None, Obj]:
+    """POSTs the webhook deliveries that are due, recording each result in status right after it. Returns the
+    TranscodeJob as last written (None: nothing written) and the status after."""
     meta = tj["metadata"]
     subs = {w["name"]: w for w in (tj.get("spec") or {}).get("webhooks") or []}
     secrets: dict[tuple[str, str], str | None] = {}  # one read per Secret key per pass, however many are due
+    body: Obj | None = None
     for entry in webhooks.due(status, dt.datetime.now(dt.UTC)):
         sub = subs.get(entry["webhook"])
         if sub is None:
@@ -207,97 +394,78 @@ def deliver_due(k: Kube, tj: dict[str, Any], status: dict[str, Any], logger: Log
                                             now, WEBHOOKS)
             result_reason = "SecretNotFound"
         else:
-            body = webhooks.event_body(entry)
+            payload = webhooks.event_body(entry)
             try:
-                hdrs = delivery.headers(secret, entry["id"], int(time.time()), body)
+                hdrs = delivery.headers(secret, entry["id"], int(time.time()), payload)
             except ValueError as exc:  # not base64: the secret is unusable until fixed
                 patch = webhooks.record_failure(status, entry["id"], "InvalidSecret", str(exc)[:200], now, WEBHOOKS)
                 result_reason = "InvalidSecret"
             else:
-                result = delivery.post(sub["url"], body, hdrs, POLICY)
+                result = delivery.post(sub["url"], payload, hdrs, POLICY)
                 result_reason = result.reason
-                logger.info("webhook %s %s -> %s %s", entry["webhook"], entry["type"], result.status, result.reason)
+                log.info("webhook %s %s -> %s %s", entry["webhook"], entry["type"], result.status, result.reason)
                 patch = webhooks.record_result(status, entry["id"], result, dt.datetime.now(dt.UTC), WEBHOOKS)
         metrics.WEBHOOK_DELIVERIES.labels(result_reason).inc()
         if patch:
-            k.patch_status(meta["namespace"], meta["name"], patch)
+            body = k.patch_status(meta["namespace"], meta["name"], patch)
             status = {**status, **patch}
-    return status
+    return body, status
 
 
-def admission_loop() -> None:
-    """The one place that admits: LIST every TranscodeJob, decide (queue.decide), patch status.queue.
-    A single thread, so two admissions never race for the last slot."""
-    log = logging.getLogger("transkube.admission")
+# ---- admission: in memory, from the TranscodeJob index ----------------------------------------------------
+
+async def admission_loop() -> None:
+    """The one place that decides admission. On the event loop, so two passes never race for a slot."""
     while True:
-        _admission_poke.wait(timeout=ADMISSION_MAX_INTERVAL)
-        _admission_poke.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(RT.poke.wait(), timeout=ADMISSION_MAX_INTERVAL)
+        RT.poke.clear()
         try:
-            admission_pass(log)
+            admission_pass(dt.datetime.now(dt.UTC))
         except Exception:
             log.exception("admission pass failed")
-        time.sleep(ADMISSION_MIN_INTERVAL)
+        await asyncio.sleep(ADMISSION_MIN_INTERVAL)
 
 
-def admission_pass(log: logging.Logger) -> None:
-    k = kube()
-    tjs = k.list_tjs()
-    now = dt.datetime.now(dt.UTC)
+def queue_entries() -> list[Obj]:
+    """Every TranscodeJob as admission sees it: the index, with decisions not yet written overlaid."""
+    index = RT.indexes.get("tj_index")
+    if index is None:
+        return []
+    entries: list[Obj] = []
+    for key, store in index.items():
+        entry = _first(store)
+        if entry is None:
+            continue
+        pending = RT.admission.get(key)
+        if pending is not None and cache.decision_written(entry, pending):
+            del RT.admission[key]
+            pending = None
+        entries.append(cache.queue_view(entry, pending))
+    for key in [k for k in RT.admission if k not in index]:
+        del RT.admission[key]
+    return entries
+
+
+def admission_pass(now: dt.datetime) -> None:
+    entries = queue_entries()
     sched = CFG.scheduling
-    decision = queue.decide(tjs, sched, now)
-    failed = Counter(str((tj.get("status") or {}).get("failureCategory") or "Internal") for tj in tjs
-                     if (tj.get("status") or {}).get("phase") == "Failed")
+    decision = queue.decide(entries, sched, now)
+    failed = Counter(str((e.get("status") or {}).get("failureCategory") or "Internal") for e in entries
+                     if (e.get("status") or {}).get("phase") == "Failed")
     metrics.record_queue(dict(decision.queued), dict(decision.running),
                          {name: pool.capacity for name, pool in sched.pools.items()}, dict(failed))
     if sched.mode != "builtin":
         return
-    for (namespace, name), message in decision.refuse.items():
-        log.info("refusing %s/%s: %s", namespace, name, message)
-        reconcile(namespace, name, log, refusal=(REASON_QUOTA_EXCEEDED, message))
-    for namespace, name in decision.admit:
-        with _locks[(namespace, name)]:
-            log.info("admitting %s/%s", namespace, name)
-            _patch_queue(k, namespace, name, {"admittedTime": rfc3339_precise(now), "position": None,
-                                               "reason": None})
-    for (namespace, name), (position, reason) in decision.positions.items():
-        with _locks[(namespace, name)]:
-            _patch_queue(k, namespace, name, {"position": position, "reason": reason})
-
-
-def _patch_queue(k: Kube, namespace: str, name: str, queue_patch: dict[str, Any]) -> None:
-    try:
-        k.patch_status(namespace, name, {"queue": queue_patch})
-    except ApiException as e:  # gone meanwhile
-        if e.status != 404:
-            raise
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str, uid: str, logger: Log,
-                    **_: Any) -> None:
-    if event.get("type") == "DELETED":
-        metrics.observe_phase(uid, None)
-        _locks.pop((namespace or "", name), None)
-        _admission_poke.set()  # a deleted job may have held a slot
-        return
-    reconcile(namespace, name, logger)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-def on_job(namespace: str | None, labels: Mapping[str, str], logger: Log, **_: Any) -> None:
-    reconcile(namespace, labels[LABEL_JOB], logger)
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-def on_pod(namespace: str | None, labels: Mapping[str, str], logger: Log, **_: Any) -> None:
-    reconcile(namespace, labels[LABEL_JOB], logger)
-
-
-def _in_flight(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL
-
-
-# A periodic resync: time-based decisions (GPU fallback) and recovery from a failed reconcile.
-@kopf.timer(GROUP, VERSION, PLURAL, interval=10, when=_in_flight)
-def resync(namespace: str | None, name: str, logger: Log, **_: Any) -> None:
-    reconcile(namespace, name, logger)
+    for key, message in decision.refuse.items():
+        if key not in RT.refusals:
+            log.info("refusing %s/%s: %s", *key, message)
+            RT.refusals[key] = (REASON_QUOTA_EXCEEDED, message)
+            RT.queue.add(key)
+    for key in decision.admit:
+        log.info("admitting %s/%s", *key)
+        RT.admission[key] = {"admittedTime": rfc3339_precise(now), "position": None, "reason": None}
+        RT.queue.add(key)
+    for key, (position, reason) in decision.positions.items():
+        RT.admission[key] = {"position": position, "reason": reason}
+        RT.queue.add(key)

@@ -15,23 +15,65 @@ from transkube_api.constants import (
     API_VERSION,
     GROUP,
     KIND,
-    LABEL_JOB,
-    LABEL_MANAGED_BY,
     MANAGED_BY,
     PLURAL,
     PRESET_PLURAL,
     VERSION,
 )
 
+from . import metrics
 from .reconcile import Action, CreateJob, DeleteJob, DeletePod, DeleteTranscodeJob, Event
 
 log = logging.getLogger("transkube.operator")
 Obj = dict[str, Any]
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def request_labels(method: str, url: str, query: Any = None) -> tuple[str, str]:
+    """(verb, resource) of one API request, named as the API server's apiserver_request_total names them:
+    GET of a collection is list (watch with ?watch), of one object get; a subresource is resource/sub."""
+    path = url.split("://", 1)[-1]
+    path = "/" + path.split("/", 1)[1] if "/" in path else "/"
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if parts[:1] == ["api"]:
+        parts = parts[2:]
+    elif parts[:1] == ["apis"]:
+        parts = parts[3:]
+    if len(parts) >= 2 and parts[0] == "namespaces" and len(parts) != 2:
+        parts = parts[2:]  # namespaces/<ns>/<resource>...; a Namespace itself is namespaces/<name>
+    resource = parts[0] if parts else ""
+    if len(parts) >= 3:
+        resource = f"{resource}/{parts[2]}"
+    method = method.upper()
+    if method == "GET":
+        watching = "watch=true" in url or any(k == "watch" for k, _ in (query or []))
+        verb = "watch" if watching else ("list" if len(parts) == 1 else "get")
+    else:
+        verb = _VERBS.get(method, method.lower())
+    return verb, resource
+
+
+class CountingApiClient(client.ApiClient):  # type: ignore[misc]
+    """The official client, counting every request it makes by verb, resource and response code
+    (transkube_operator_api_requests_total): the operator's own share of the API server's load."""
+
+    def request(self, method: str, url: str, query_params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        verb, resource = request_labels(method, url, query_params)
+        try:
+            response = super().request(method, url, query_params, *args, **kwargs)
+        except ApiException as e:
+            metrics.API_REQUESTS.labels(verb, resource, str(e.status)).inc()
+            raise
+        except Exception:
+            metrics.API_REQUESTS.labels(verb, resource, "error").inc()
+            raise
+        metrics.API_REQUESTS.labels(verb, resource, str(getattr(response, "status", 200))).inc()
+        return response
 
 
 class Kube:
     def __init__(self, api: client.ApiClient | None = None):
-        self.api = api or client.ApiClient()
+        self.api = api or CountingApiClient()
         self.custom = client.CustomObjectsApi(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -59,27 +101,14 @@ class Kube:
                 return None
             raise
 
-    def owned_jobs(self, namespace: str, owner: str, owner_uid: str) -> list[Obj]:
-        jobs = self._raw(self.batch.list_namespaced_job(
-            namespace, label_selector=f"{LABEL_JOB}={owner}", _preload_content=False))["items"]
-        return [j for j in jobs if any(r.get("uid") == owner_uid for r in j["metadata"].get("ownerReferences") or [])]
+    def patch_status(self, namespace: str, name: str, patch: Obj) -> Obj:
+        """Merge-patches status; returns the object as the API server now has it."""
+        return dict(self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
+                                                                      {"status": patch}))
 
-    def worker_pods(self, namespace: str, owner: str) -> list[Obj]:
-        selector = f"{LABEL_JOB}={owner},{LABEL_MANAGED_BY}={MANAGED_BY}"
-        return list(self._raw(self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False))["items"])
-
-    def list_tjs(self) -> list[Obj]:
-        """Every TranscodeJob in the cluster (one consistent LIST), for the admission queue."""
-        return list(self._raw(self.custom.list_cluster_custom_object(
-            GROUP, VERSION, PLURAL, _preload_content=False))["items"])
-
-    def patch_status(self, namespace: str, name: str, patch: Obj) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
-
-    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                   {"metadata": {"labels": labels}})
+    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> Obj:
+        return dict(self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                               {"metadata": {"labels": labels}}))
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, decoded; None when the Secret or the key is missing."""
@@ -92,7 +121,8 @@ class Kube:
         raw = (secret.get("data") or {}).get(key)
         return base64.b64decode(raw).decode().strip() if raw else None
 
-    def apply(self, namespace: str, owner_uid: str, action: Action, tj_name: str = "") -> None:
+    def apply(self, namespace: str, owner_uid: str, action: Action, tj_name: str = "") -> Obj | None:
+        """Carries out one action; returns the Job as the API server answered for a create or suspend."""
         if isinstance(action, DeletePod):
             try:
                 self.core.delete_namespaced_pod(action.name, namespace)
@@ -100,7 +130,7 @@ class Kube:
             except ApiException as e:
                 if e.status != 404:
                     raise
-            return
+            return None
         if isinstance(action, DeleteTranscodeJob):
             try:
                 self.custom.delete_namespaced_custom_object(
@@ -110,10 +140,10 @@ class Kube:
             except ApiException as e:
                 if e.status not in (404, 409):
                     raise
-            return
+            return None
         if isinstance(action, CreateJob):
-            self.create_job(namespace, owner_uid, action.manifest)
-        elif isinstance(action, DeleteJob):
+            return self.create_job(namespace, owner_uid, action.manifest)
+        if isinstance(action, DeleteJob):
             try:
                 # Foreground: the Job goes only after its pods, so a cancel really stops the work.
                 self.batch.delete_namespaced_job(action.name, namespace, propagation_policy="Foreground")
@@ -121,16 +151,18 @@ class Kube:
             except ApiException as e:
                 if e.status != 404:
                     raise
-        else:
-            # This client sends PATCH bodies as JSON Patch by default.
-            self.batch.patch_namespaced_job(action.name, namespace,
-                                            [{"op": "replace", "path": "/spec/suspend", "value": action.suspend}])
+            return None
+        # This client sends PATCH bodies as JSON Patch by default.
+        return self._raw(self.batch.patch_namespaced_job(
+            action.name, namespace, [{"op": "replace", "path": "/spec/suspend", "value": action.suspend}],
+            _preload_content=False))
 
-    def create_job(self, namespace: str, owner_uid: str, manifest: Obj) -> None:
+    def create_job(self, namespace: str, owner_uid: str, manifest: Obj) -> Obj:
         name = manifest["metadata"]["name"]
         try:
-            self.batch.create_namespaced_job(namespace, manifest)
+            created = self._raw(self.batch.create_namespaced_job(namespace, manifest, _preload_content=False))
             log.info("created Job %s/%s", namespace, name)
+            return created
         except ApiException as e:
             if e.status != 409:
                 raise
@@ -139,6 +171,7 @@ class Kube:
             refs = existing["metadata"].get("ownerReferences") or []
             if not any(r.get("uid") == owner_uid for r in refs):
                 raise RuntimeError(f"Job {namespace}/{name} exists but is not owned by this TranscodeJob") from e
+            return existing
 
     def ensure_worker_rbac(self, objects: list[Obj]) -> None:
         """Creates what is missing; never overwrites what a platform team put there."""

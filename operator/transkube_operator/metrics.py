@@ -19,25 +19,38 @@ DURATION = Histogram(
 )
 RECONCILE_ERRORS = Counter("transkube_reconcile_errors_total", "Reconciles that raised, by exception type.", ["error"])
 RECONCILES = Counter("transkube_reconciles_total", "Reconciles run.")
+# The operator's own load on the API server and how fast it keeps up (issue 12's breakdown, live).
+API_REQUESTS = Counter("transkube_operator_api_requests", "Requests this operator made to the Kubernetes API "
+                       "(not counting kopf's watch streams), by verb, resource and response code.",
+                       ["verb", "resource", "code"])
+RECONCILE_SECONDS = Histogram("transkube_operator_reconcile_duration_seconds", "Time one reconcile took, "
+                              "including its API writes.",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+EVENT_LAG = Histogram("transkube_operator_event_lag_seconds", "From a watch event (or a due timer) to the start "
+                      "of the reconcile it asked for: the work queue's lag.",
+                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+QUEUE_DEPTH = Gauge("transkube_operator_workqueue_depth", "Keys waiting in the work queue (ready, and on "
+                    "timers).", ["state"])
 
 _phases: dict[str, str] = {}
+_counts: dict[str, int] = dict.fromkeys(PHASES, 0)
 _lock = threading.Lock()
 for _p in PHASES:
     JOBS.labels(_p).set(0)
 
 
 def observe_phase(uid: str, phase: str | None) -> None:
-    """Records the phase of one TranscodeJob (None when it is gone) and refreshes the gauge."""
+    """Records the phase of one TranscodeJob (None when it is gone) and updates the gauge (O(1))."""
     with _lock:
-        if phase is None:
-            _phases.pop(uid, None)
-        else:
+        old = _phases.pop(uid, None) if phase is None else _phases.get(uid)
+        if phase is not None:
             _phases[uid] = phase
-        counts = dict.fromkeys(PHASES, 0)
-        for p in _phases.values():
-            counts[p] = counts.get(p, 0) + 1
-    for p, n in counts.items():
-        JOBS.labels(p).set(n)
+        if old == phase:
+            return
+        for p, step in ((old, -1), (phase, 1)):
+            if p is not None:
+                _counts[p] = _counts.get(p, 0) + step
+                JOBS.labels(p).set(_counts[p])
 
 
 # ---- lifecycle metrics: what a reconcile's plan says happened, as pure observations -------------------
@@ -128,7 +141,7 @@ def _time(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
 
 
-# ---- scheduling and lifecycle: set by the admission loop from one LIST of every TranscodeJob ------------
+# ---- scheduling and lifecycle: set by the admission pass from the in-memory index of TranscodeJobs -------
 
 POOL_QUEUED = Gauge("transkube_pool_queued", "TranscodeJobs waiting for admission, by pool.", ["pool"])
 POOL_RUNNING = Gauge("transkube_pool_admitted", "Admitted TranscodeJobs holding a pool slot, by pool.", ["pool"])

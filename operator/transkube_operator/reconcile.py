@@ -192,10 +192,24 @@ def resolve_presets(spec: TranscodeJobSpec, status: Obj, presets: Mapping[str, O
     return resolved, {"resolvedOutputs": [o.wire() for o in resolved.outputs], "presets": uses}
 
 
+def enqueue_time(meta: Obj, now: dt.datetime) -> str:
+    """A job's place in FIFO order: its creation, to the microsecond. creationTimestamp has whole seconds, so
+    the first sight's sub-second part orders jobs created within one second; clamped into that second, an
+    operator that sees a job late (a restart, a takeover, a burst) never moves it behind later jobs."""
+    created = parse_time(meta.get("creationTimestamp"))
+    if created is None:
+        return rfc3339_precise(now)
+    clamped = min(max(now, created), created + dt.timedelta(microseconds=999_999))
+    return rfc3339_precise(clamped)
+
+
 def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt.datetime,
-         presets: Mapping[str, Obj | None] | None = None, refusal: tuple[str, str] | None = None) -> Plan:
+         presets: Mapping[str, Obj | None] | None = None, refusal: tuple[str, str] | None = None,
+         admission: Obj | None = None) -> Plan:
     """`presets`: the TranscodePresets named in presets_needed(tj), by name (None: not found).
-    `refusal`: (reason, message) when the admission queue refuses this job (a namespace quota)."""
+    `refusal`: (reason, message) when the admission queue refuses this job (a namespace quota).
+    `admission`: status.queue keys the admission queue decided (admittedTime, or position and reason; None
+    removes a key). The job's reconcile is status.queue's one writer: it writes them with the rest."""
     meta = tj["metadata"]
     status: Obj = tj.get("status") or {}
     generation = meta.get("generation")
@@ -289,6 +303,8 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     # ---- the admission queue
     sched = cfg.scheduling
     queue: Obj = dict(desired.get("queue") or {})
+    if admission and queue.get("pool"):  # decided for the queued job it saw; a fresh one is not queued yet
+        queue = {k: v for k, v in {**queue, **admission}.items() if v is not None}
     pool = queue.get("pool") or spec.pool or sched.default_pools.get(effective, effective)
     if pool not in sched.pools:
         return _finish(tj, Plan(phase="Failed", actions=actions), desired, "Failed", REASON_POOL_NOT_FOUND,
@@ -299,7 +315,7 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
                        f"pool {pool!r} runs {sched.pools[pool].accelerator} jobs; this job needs {effective}",
                        now_s, events_if_new=True)
     queue.update(pool=pool, priority=spec.priority)
-    queue.setdefault("enqueuedTime", rfc3339_precise(now))
+    queue.setdefault("enqueuedTime", enqueue_time(meta, now))
     kueue = sched.mode == "kueue"
     if spec.suspend and not kueue:
         # A suspended job frees its slot; on resume it queues again (keeping its place by enqueue time).

@@ -1,0 +1,148 @@
+"""The operator runtime's pure parts: the work queue, the slim caches, request labels."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from transkube_api.constants import LABEL_JOB
+from transkube_operator import cache
+from transkube_operator.k8s import request_labels
+from transkube_operator.workqueue import WorkQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_keys_coalesce_and_never_run_twice_at_once() -> None:
+    async def run() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        for _ in range(5):
+            q.add("a")
+        q.add("b")
+        assert len(q) == 2
+        key, _ = await q.get()
+        assert key == "a"
+        q.add("a")  # an event while "a" is in flight: not handed to a second worker
+        nxt, _ = await q.get()
+        assert nxt == "b" and len(q) == 0
+        q.done("a")  # ...but processed again afterwards
+        again, _ = await q.get()
+        assert again == "a"
+        q.done("a")
+        q.done("b")
+        assert len(q) == 0
+    asyncio.run(run())
+
+
+def test_timers_keep_the_earliest_due_time_per_key() -> None:
+    clock = Clock()
+    q: WorkQueue[str] = WorkQueue(clock=clock)
+    q.add_after("a", 10)
+    q.add_after("a", 30)  # later: ignored
+    q.add_after("b", 5)
+    q.add_after("a", 2)  # earlier: wins
+    assert q.delayed == 2
+    assert q.pop_due() == pytest.approx(2)
+    clock.now += 2
+    assert q.pop_due() == pytest.approx(3)
+    assert len(q) == 1
+    clock.now += 10
+    assert q.pop_due() is None
+    assert len(q) == 2 and q.delayed == 0
+    q.add_after("c", 1)
+    q.discard_timer("c")
+    clock.now += 5
+    assert q.pop_due() is None and len(q) == 2
+
+
+def test_retry_backs_off_per_key_and_forget_resets() -> None:
+    q: WorkQueue[str] = WorkQueue(clock=Clock())
+    assert [q.retry("a") for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert q.retry("b") == 0.5
+    q.forget("a")
+    assert q.retry("a") == 0.5
+    for _ in range(20):
+        delay = q.retry("c")
+    assert delay == 60.0
+
+
+JOB = {
+    "apiVersion": "batch/v1", "kind": "Job",
+    "metadata": {"name": "j1", "namespace": "ns", "uid": "u", "resourceVersion": "42",
+                 "labels": {LABEL_JOB: "tj"}, "managedFields": [{"big": "x" * 1000}],
+                 "ownerReferences": [{"uid": "owner"}]},
+    "spec": {"suspend": True, "template": {"spec": {"containers": [{"name": "worker", "env": ["x"] * 50}]}}},
+    "status": {"active": 1},
+}
+
+
+def test_slim_projections_keep_what_decisions_read() -> None:
+    slim = cache.slim_job(JOB)
+    assert slim["spec"] == {"suspend": True} and slim["status"] == {"active": 1}
+    assert "managedFields" not in slim["metadata"] and slim["metadata"]["ownerReferences"] == [{"uid": "owner"}]
+    assert cache.owner_key(JOB) == ("ns", "tj")
+    assert cache.owner_key({"metadata": {"namespace": "ns"}}) is None
+    pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j1"}},
+           "spec": {"nodeName": "n1", "containers": [{"name": "worker"}]},
+           "status": {"phase": "Running", "containerStatuses": [{"name": "worker"}], "podIPs": ["x"]}}
+    assert cache.slim_pod(pod) == {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j1"}},
+                                   "spec": {"nodeName": "n1"},
+                                   "status": {"phase": "Running", "containerStatuses": [{"name": "worker"}]}}
+    tj = {"metadata": {"name": "t", "namespace": "ns", "uid": "u", "creationTimestamp": "2026-01-01T00:00:00Z",
+                       "annotations": {"a": "b"}},
+          "spec": {"priority": 3, "outputs": [{}], "suspend": False},
+          "status": {"phase": "Queued", "queue": {"pool": "cpu"}, "attemptHistory": [{}]}}
+    entry = cache.slim_queue_entry(tj)
+    assert entry["spec"] == {"priority": 3, "suspend": False}
+    assert entry["status"] == {"phase": "Queued", "queue": {"pool": "cpu"}}
+
+
+def _v(name: str, rv: str, **extra: object) -> dict[str, object]:
+    return {"metadata": {"name": name, "resourceVersion": rv}, **extra}
+
+
+def test_own_writes_overlay_the_watch_until_it_catches_up() -> None:
+    watched = [_v("a", "10", spec={"suspend": True})]
+    written = {"a": _v("a", "12", spec={"suspend": False}), "b": _v("b", "11")}
+    merged = cache.merge_children(watched, written)
+    assert [(o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in merged] == [("a", "12"), ("b", "11")]
+    assert cache.stale_writes(watched, written) == []
+    assert cache.stale_writes([_v("a", "12"), _v("b", "15")], written) == ["a", "b"]
+    assert cache.newest(_v("a", "9"), _v("a", "8"))["metadata"]["resourceVersion"] == "9"  # type: ignore[index]
+    assert cache.newest(None, _v("a", "1")) is not None
+
+
+def test_admission_sees_its_unwritten_decisions() -> None:
+    entry = {"metadata": {"name": "t"}, "status": {"phase": "Queued", "queue": {"pool": "cpu", "position": 2}}}
+    pending = {"admittedTime": "2026-01-01T00:00:00.000001Z", "position": None, "reason": None}
+    view = cache.queue_view(entry, pending)
+    assert view["status"]["queue"] == {"pool": "cpu", "admittedTime": "2026-01-01T00:00:00.000001Z"}
+    assert not cache.decision_written(entry, pending)
+    assert cache.decision_written({"status": {"queue": {"admittedTime": "x"}}}, pending)
+    assert cache.decision_written({"status": {"phase": "Cancelled"}}, pending)
+    assert cache.decision_written(entry, {"position": 2})
+    assert not cache.decision_written(entry, {"position": 1, "reason": "PoolCapacity"})
+
+
+@pytest.mark.parametrize(("method", "url", "expected"), [
+    ("GET", "https://h:6443/apis/batch/v1/namespaces/ns/jobs", ("list", "jobs")),
+    ("GET", "https://h:6443/apis/batch/v1/namespaces/ns/jobs/j1", ("get", "jobs")),
+    ("POST", "https://h:6443/apis/batch/v1/namespaces/ns/jobs", ("create", "jobs")),
+    ("PATCH", "https://h/apis/media.transkube.dev/v1alpha1/namespaces/ns/transcodejobs/t/status",
+     ("patch", "transcodejobs/status")),
+    ("GET", "https://h/api/v1/namespaces/ns", ("get", "namespaces")),
+    ("GET", "https://h/api/v1/namespaces", ("list", "namespaces")),
+    ("POST", "https://h/api/v1/namespaces/ns/events", ("create", "events")),
+    ("DELETE", "https://h/api/v1/namespaces/ns/pods/p", ("delete", "pods")),
+    ("GET", "https://h/apis/media.transkube.dev/v1alpha1/transcodepresets/web", ("get", "transcodepresets")),
+    ("PUT", "https://h/apis/coordination.k8s.io/v1/namespaces/s/leases/l", ("update", "leases")),
+])
+def test_request_labels_name_requests_as_the_api_server_does(method: str, url: str,
+                                                              expected: tuple[str, str]) -> None:
+    assert request_labels(method, url) == expected
