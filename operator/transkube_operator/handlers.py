@@ -71,6 +71,7 @@ POLICY = delivery.DeliveryPolicy(allowed_cidrs=CFG.webhooks.allowed_cidrs, allow
                                  connect_timeout=min(5.0, CFG.webhooks.timeout_seconds),
                                  max_response_bytes=CFG.webhooks.max_response_bytes)
 WORKERS = 8  # reconciles in flight at once (threads: the Kubernetes client blocks)
+DELIVERERS = 4  # webhook POSTs in flight at once, apart from reconciles: a slow receiver delays only its own
 ADMISSION_MIN_INTERVAL = 0.5  # seconds between two admission passes, however many events poke it
 ADMISSION_MAX_INTERVAL = 5.0  # a pass at least this often while jobs wait (aging); in memory, no API calls
 WRITTEN_TTL = 120.0  # seconds a remembered write may wait for the watch to catch up before it is dropped
@@ -82,6 +83,7 @@ class Runtime:
 
     kube: Kube | None = None
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    deliveries: WorkQueue[Key] = field(default_factory=WorkQueue)  # jobs with webhook deliveries due
     bodies: dict[Key, Obj] = field(default_factory=dict)  # TranscodeJobs as of their latest event or write
     written_jobs: dict[Key, dict[str, tuple[float, Obj]]] = field(default_factory=dict)  # our Job writes
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
@@ -90,6 +92,7 @@ class Runtime:
     indexes: dict[str, Any] = field(default_factory=dict)
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # admission has something to look at
     executor: ThreadPoolExecutor | None = None
+    delivery_executor: ThreadPoolExecutor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -146,17 +149,20 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    if RT.kube is None:
+    if not RT.tasks:  # once, however many times a failed startup is retried
+        start_http_server(CFG.metrics_port)  # first: a port still held by the old pod raises, and kopf retries
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
             kube_config.load_kube_config()
         RT.kube = Kube()
-        start_http_server(CFG.metrics_port)
         RT.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="reconcile")
+        RT.delivery_executor = ThreadPoolExecutor(DELIVERERS, thread_name_prefix="deliver")
         RT.tasks = [asyncio.create_task(RT.queue.run_timers(), name="timers"),
+                    asyncio.create_task(RT.deliveries.run_timers(), name="delivery-timers"),
                     asyncio.create_task(admission_loop(), name="admission"),
-                    *(asyncio.create_task(worker(), name=f"worker-{i}") for i in range(WORKERS))]
+                    *(asyncio.create_task(worker(), name=f"worker-{i}") for i in range(WORKERS)),
+                    *(asyncio.create_task(deliverer(), name=f"deliverer-{i}") for i in range(DELIVERERS))]
     logger.info("transkube operator started: worker image %s, metrics on :%d", CFG.worker_image, CFG.metrics_port)
 
 
@@ -203,6 +209,7 @@ def forget(key: Key, uid: str | None) -> None:
     RT.admission.pop(key, None)
     RT.refusals.pop(key, None)
     RT.queue.discard_timer(key)
+    RT.deliveries.discard_timer(key)
     if uid:
         metrics.observe_phase(uid, None)
     RT.poke.set()  # a deleted job may have held a slot
@@ -299,8 +306,6 @@ def execute(inp: Inputs) -> Outcome:
         out.body = k.patch_labels(namespace, name, result.labels_patch)
     for event in result.events:
         k.post_event(tj, event)
-    body, out.status = deliver_due(k, tj, after)
-    out.body = body or out.body
     if any(isinstance(a, DeleteTranscodeJob) for a in result.actions):
         k.apply(namespace, uid, DeleteTranscodeJob(), name)
         out.deleted = True
@@ -327,10 +332,11 @@ def absorb(inp: Inputs, out: Outcome) -> None:
     old_phase = (tj.get("status") or {}).get("phase")
     if result.phase in TERMINAL:
         RT.refusals.pop(key, None)
-    wake = [t for t in (result.wake_at, webhooks.next_due(out.status)) if t is not None]
-    if wake and not out.deleted:
-        delay = (min(wake) - dt.datetime.now(dt.UTC)).total_seconds()
+    if result.wake_at is not None and not out.deleted:
+        delay = (result.wake_at - dt.datetime.now(dt.UTC)).total_seconds()
         RT.queue.add_after(key, max(delay, 0.0) + 0.2)
+    if not out.deleted:
+        schedule_delivery(key, out.status)
     if result.phase != old_phase or result.phase == "Queued":
         RT.poke.set()
     if inp.refusal and result.phase == "Failed" and old_phase != "Failed":
@@ -369,6 +375,47 @@ async def worker() -> None:
             RT.queue.done(key)
             metrics.QUEUE_DEPTH.labels("ready").set(len(RT.queue))
             metrics.QUEUE_DEPTH.labels("timers").set(RT.queue.delayed)
+
+
+# ---- webhook delivery: its own workers; the outbox stays in status -----------------------------------------
+
+def schedule_delivery(key: Key, status: Obj) -> None:
+    due = webhooks.next_due(status)
+    if due is not None:
+        RT.deliveries.add_after(key, max((due - dt.datetime.now(dt.UTC)).total_seconds(), 0.0))
+
+
+async def deliverer() -> None:
+    """POSTs a job's due deliveries. It holds the job's key in the reconcile queue meanwhile: the outbox has
+    two writers (reconcile adds entries, delivery records results) and a merge patch replaces the list."""
+    loop = asyncio.get_running_loop()
+    while True:
+        key, _ = await RT.deliveries.get()
+        try:
+            if not RT.queue.hold(key):
+                RT.deliveries.add_after(key, 0.2)  # reconciling now; its outbox may change
+                continue
+            try:
+                tj = RT.bodies.get(key)
+                if tj is None:
+                    continue
+                body, status = await loop.run_in_executor(RT.delivery_executor, deliver_due, kube(), tj,
+                                                          dict(tj.get("status") or {}))
+                current = RT.bodies.get(key)
+                if body is not None and current is not None \
+                        and current["metadata"].get("uid") == tj["metadata"].get("uid"):
+                    RT.bodies[key] = cache.newest(current, cache.strip(body)) or current
+                    RT.queue.add(key)  # retention waits for pending deliveries; runs after the release
+                schedule_delivery(key, status)
+            finally:
+                RT.queue.done(key)
+            RT.deliveries.forget(key)
+        except Exception as exc:
+            delay = RT.deliveries.retry(key)
+            log.warning("webhook delivery of %s/%s failed (%s: %s); retrying in %.1fs", *key,
+                        type(exc).__name__, str(exc)[:300], delay)
+        finally:
+            RT.deliveries.done(key)
 
 
 def deliver_due(k: Kube, tj: Obj, status: Obj) -> tuple[Obj | None, Obj]:

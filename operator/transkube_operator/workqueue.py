@@ -97,6 +97,19 @@ class WorkQueue(Generic[K]):
         waited = self._clock() - self._added_at.pop(key, self._clock())
         return key, max(0.0, waited)
 
+    def busy(self, key: K) -> bool:
+        return key in self._processing
+
+    def hold(self, key: K) -> bool:
+        """Claims a key for other work on the same object (a webhook delivery): while held, no worker gets it;
+        adds meanwhile are processed after release (done). False if a worker has it now."""
+        if key in self._processing:
+            return False
+        self._processing.add(key)
+        if key in self._dirty:
+            self._ready.remove(key)  # re-queued by done()
+        return True
+
     def done(self, key: K) -> None:
         self._processing.discard(key)
         if key in self._dirty:  # added again while in flight

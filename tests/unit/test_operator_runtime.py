@@ -146,3 +146,18 @@ def test_admission_sees_its_unwritten_decisions() -> None:
 def test_request_labels_name_requests_as_the_api_server_does(method: str, url: str,
                                                               expected: tuple[str, str]) -> None:
     assert request_labels(method, url) == expected
+
+
+def test_hold_keeps_workers_off_a_key_and_release_requeues_it() -> None:
+    async def run() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        q.add("a")
+        assert q.hold("a") and q.busy("a") and len(q) == 0  # queued "a" waits for the release
+        q.add("a")
+        q.add("b")
+        key, _ = await q.get()
+        assert key == "b" and not q.hold("b")  # a worker has "b"
+        q.done("a")  # release
+        again, _ = await q.get()
+        assert again == "a"
+    asyncio.run(run())
