@@ -99,9 +99,12 @@ def parse_prometheus(text: str) -> list[Sample]:
 
 
 def resource_key(labels: Mapping[str, str]) -> str:
-    """apiserver_request_total labels -> "resource[/subresource]" ("-" for non-resource URLs like /metrics)."""
-    res = labels.get("resource") or "-"
+    """apiserver_request_total labels -> "resource[/subresource]"; non-resource URLs (their path is in the
+    subresource label) -> "url:/path"."""
+    res = labels.get("resource") or ""
     sub = labels.get("subresource") or ""
+    if not res:
+        return "url:/" + sub.lstrip("/")
     return f"{res}/{sub}" if sub else res
 
 
@@ -161,7 +164,6 @@ OPERATOR_NS = "transkube-system"
 APPLY_BATCH = 200
 REQ = "apiserver_request_total"
 OP_REQ = "transkube_operator_api_requests_total"
-OWN_METRICS = "GET -/metrics"  # the bench's own reads of the apiserver's /metrics (subtracted)
 
 
 def log(msg: str) -> None:
@@ -438,7 +440,7 @@ def wait_quiet(env: Env, ns: str, cap: float = 180) -> float:
 
 
 def window(env: Env, seconds: float) -> tuple[dict[str, float], dict[str, float] | None, float]:
-    """apiserver and operator request counts over `seconds` (the bench's own /metrics GETs removed)."""
+    """apiserver and operator request counts over `seconds` (the apiserver does not count GET /metrics)."""
     op0 = env.operator_requests()
     b0 = env.requests()
     t0 = time.monotonic()
@@ -447,8 +449,6 @@ def window(env: Env, seconds: float) -> tuple[dict[str, float], dict[str, float]
     elapsed = time.monotonic() - t0
     op1 = env.operator_requests()
     d = delta(b0, b1)
-    d[OWN_METRICS] = max(0.0, d.get(OWN_METRICS, 0.0) - 1)  # our own GET /metrics
-    d = {k: v for k, v in d.items() if v > 0}
     return d, (delta(op0, op1) if op0 is not None and op1 is not None else None), elapsed
 
 
@@ -623,9 +623,8 @@ def step_lifecycle(env: Env, r: Report, m: int, clip_uri: str, idle_rate: float)
     el = time.monotonic() - t0
     op1 = env.operator_requests()
     d = delta(b0, b1)
-    # The bench's own requests: its POSTs stay in (they are the creates), its polls and /metrics GET go.
+    # The bench's own requests: its POSTs stay in (they are the creates), its polls go.
     d["LIST transcodejobs"] = max(0.0, d.get("LIST transcodejobs", 0.0) - polls[0])
-    d[OWN_METRICS] = max(0.0, d.get(OWN_METRICS, 0.0) - 1)
     d = {k: v for k, v in d.items() if v > 0}
     total = sum(d.values())
     net = max(0.0, total - idle_rate * el)
