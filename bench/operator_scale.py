@@ -10,15 +10,20 @@ tests/integration/conftest.py installs it, plus:
 - a shim API key for tenant `bench-scale`, whose namespace `bench-scale` holds the TranscodeJobs.
 
 Steps (all on the same cluster, one after the other):
-  0. background: apiserver requests/s before the chart is installed (control plane + node agent alone)
+  0. background: apiserver requests/s before the bench's chart install and jobs (control plane + node agent;
+     on a reused cluster with the chart already installed, its operator and shim with no jobs, as printed)
   1. install the chart, start the blocker; its worker Job is the template of the raw Jobs
   2. raw baseline: N suspended batch/v1 Jobs shaped like the worker's, `kubectl apply -f` in lists of 200,
      timed until a watch has seen all N; then deleted (and waited for)
   3. N TranscodeJobs applied the same way, timed until a watch has seen N worker Jobs (operator labels)
-  4. idle: wait for quiet (no new Events, counters settled, capped), then apiserver_request_total over a
-     window: requests/s, net of the step-0 background, by verb/resource; the operator's own
-     transkube_operator_api_requests_total if it exposes it ("n/a" otherwise)
-  5. memory: operator and shim RSS with N TranscodeJobs present
+  4. idle: wait for quiet (no new Event in the jobs' namespace for 10 s: the Job controller's trailing
+     "Suspended" Events and the operator's have been posted; capped at 180 s), then apiserver_request_total
+     (GET /metrics, admin kubeconfig) before and after --idle-window: requests/s, net of the step-0
+     background, by verb/resource; the operator's own transkube_operator_api_requests_total{verb,resource,code}
+     from its metrics port if it exposes it ("n/a" otherwise)
+  5. memory: operator and shim RSS with N TranscodeJobs present (also before step 2 and at the end):
+     process_resident_memory_bytes from their metrics endpoints if exposed, else VmRSS from /proc of the pod's
+     processes (the dev node agent runs pods as host processes; it writes each container's PID)
   6. lifecycle: M real jobs create -> Succeeded; apiserver requests per job (these INCLUDE the worker, the
      node agent and the controllers; also shown net of the idle rate), and the operator's own per job when
      it exposes its request counter (operator only: no worker writes)
@@ -36,7 +41,8 @@ Run (from the repo root, after `make setup`):
 --cluster-dir DIR (or TRANSKUBE_CLUSTER_DIR) reuses a cluster that `make up` / `python -m transkube_dev up
 --dir DIR` started (its state.json gives the kubeconfig, S3 and pod process directories); without it a
 fresh cluster is started in a temporary directory and stopped at the end. The bench (re)installs the chart
-with its own values and leaves its namespaces behind on a reused cluster (`make down` clears everything).
+with its own values; on a reused cluster it first deletes the namespaces of an earlier run, and leaves its own
+behind (`make down` clears everything). Progress goes to stderr, the report to stdout.
 It needs nothing from the operator beyond the CRD's behaviour and the worker Job labels, so the same
 bench runs against any operator revision.
 """
@@ -517,7 +523,11 @@ def step_background(env: Env, r: Report, seconds: float) -> float:
     d, _, el = window(env, seconds)
     rate = sum(d.values()) / el
     r.data["background"] = {"req_per_s": rate, "by_verb_resource": dict(breakdown(d, el))}
-    r.say(f"0. Background (control plane + node agent, no chart): {rate:.2f} req/s over {el:.0f} s")
+    chart = bool(env.kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods", limit=1)["items"]) if any(
+        n["metadata"]["name"] == OPERATOR_NS for n in env.kube.get("/api/v1/namespaces")["items"]) else False
+    r.data["background"]["chart_installed"] = chart
+    what = "the chart of an earlier run installed, no jobs" if chart else "no chart"
+    r.say(f"0. Background (control plane + node agent, {what}): {rate:.2f} req/s over {el:.0f} s")
     r.table(breakdown(d, el, top=6), "req/s")
     return rate
 
