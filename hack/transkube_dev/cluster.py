@@ -337,6 +337,53 @@ class LocalCluster:
         proc = procs.spawn(argv, self.dir / "logs" / f"{name}.log", env)
         state.pids[name] = proc.pid
         state.save()
+        # How to start it again (chaos tests stop and restart single components); private to this directory.
+        launch = self.dir / "launch" / f"{name}.json"
+        launch.parent.mkdir(mode=0o700, exist_ok=True)
+        launch.write_text(json.dumps({"argv": argv, "env": env}))
+        launch.chmod(0o600)
+
+    # ---- chaos: one component down and up again ------------------------------------------------
+    def stop_component(self, name: str, grace: float = 10.0) -> None:
+        """Stop one running component (e.g. kube-apiserver, kube-controller-manager, s3) and wait until it is gone;
+        grace=0 is a SIGKILL."""
+        state = ClusterState.load(self.dir)
+        pid = state.pids.get(name)
+        if pid is None:
+            raise KeyError(f"no component {name!r}; have {sorted(state.pids)}")
+        procs.kill_group(pid, grace=grace)
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped component again with its original argv and environment, and wait until it is healthy."""
+        state = ClusterState.load(self.dir)
+        pid = state.pids.get(name)
+        if pid and procs.alive(pid):
+            raise RuntimeError(f"{name} is still running (pid {pid})")
+        launch = json.loads((self.dir / "launch" / f"{name}.json").read_text())
+        self._spawn(state, name, launch["argv"], launch["env"])
+        check = self._health_check(state, name)
+        if check is not None:
+            _wait(name, check, timeout, state.pids[name], self.dir / "logs" / f"{name}.log")
+
+    def _health_check(self, state: ClusterState, name: str) -> Callable[[], bool] | None:
+        ports, d = state.ports, self.dir
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        if name == "kube-apiserver":
+            admin = ssl.create_default_context(cafile=state.ca_file)
+            admin.load_cert_chain(str(d / "pki" / "admin.crt"), str(d / "pki" / "admin.key"))
+            return lambda: _http_ok(f"{state.server}/readyz", admin)
+        if name == "kube-controller-manager":
+            return lambda: _http_ok(f"https://127.0.0.1:{ports['controller_manager']}/healthz", insecure)
+        if name == "kube-scheduler":
+            return lambda: _http_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz", insecure)
+        if name == "etcd":
+            return lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health", expect=b"true")
+        if name == "s3" and state.s3:
+            endpoint = state.s3.endpoint
+            return lambda: _http_ok(f"{endpoint}/minio/health/live")
+        return None
 
     # ---- stop --------------------------------------------------------------------------------
     def down(self) -> list[int]:
