@@ -22,12 +22,16 @@ from transkube_worker.faults import (
     ANNOTATION_FAULT,
     ANNOTATION_FAULT_ATTEMPTS,
     FAULT_INJECTION_ENV,
+    SLOW_TRANSFER_PART,
     Fault,
     Stall,
+    Throttle,
     UploadHold,
     fault_for,
     finished_attempts,
     lookup_fault,
+    slow_transfer_config,
+    throttle_delay,
 )
 from transkube_worker.ffmpeg_args import output_paths
 from transkube_worker.main import transcode_step
@@ -324,3 +328,42 @@ def test_upload_hold_holds_once_an_object_is_done_and_a_multipart_part_is_sent(
         hold.wait_if_held()  # the main thread waits for the signal; its Terminated releases the transfer
     sending.join(5)
     assert not sending.is_alive() and hold.released.is_set()
+
+
+# ---- slow-transfers: a throttle that keeps transfers slow enough to stop the storage server under them -------
+
+@pytest.mark.parametrize(("done", "elapsed", "rate", "delay"), [
+    (0, 0.0, 100.0, 0.0),
+    (100, 0.0, 100.0, 1.0),  # one second's worth at once: wait a second
+    (100, 0.4, 100.0, 0.6),
+    (100, 2.0, 100.0, 0.0),  # behind schedule: never a negative wait
+])
+def test_throttle_delay_keeps_to_the_rate(done: int, elapsed: float, rate: float, delay: float) -> None:
+    assert throttle_delay(done, elapsed, rate) == pytest.approx(delay)
+
+
+def test_throttle_sleeps_each_callback_onto_the_schedule() -> None:
+    now = [10.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    throttle = Throttle(bytes_per_second=1000, clock=lambda: now[0], sleep=sleep)
+    transfer: Any = FakeTransfer(5000)
+    throttle.on_progress(transfer, 500)
+    throttle.on_progress(transfer, 500)
+    assert slept == pytest.approx([0.5, 0.5]) and throttle.done == 1000
+    now[0] += 3.0  # a slow server: no extra wait once the transfer is behind schedule
+    throttle.on_progress(transfer, 1000)
+    assert len(slept) == 2
+    throttle.on_progress(transfer, -5000)  # s3transfer rewinds a retried part's progress: never below zero
+    assert throttle.done == 0
+
+
+def test_slow_transfer_config_is_small_parts_one_at_a_time() -> None:
+    config = slow_transfer_config()
+    assert config.multipart_threshold == config.multipart_chunksize == SLOW_TRANSFER_PART == 5 * 1024 * 1024
+    assert config.max_request_concurrency == 1
+    assert Fault("slow-transfers") is Fault.SLOW_TRANSFERS and Fault.SLOW_TRANSFERS.error() is None

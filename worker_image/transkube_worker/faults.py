@@ -4,14 +4,14 @@ Off unless the operator sets TRANSKUBE_FAULT_INJECTION=allowed on the worker (wh
 platform enables it in the chart); without that variable the worker never even reads the annotations. When
 allowed, the worker reads its own TranscodeJob once at start:
 
-- `transkube.dev/fault-injection`: `stall` | `stall-upload` | `exit-transient` | `exit-internal` (anything else:
-  warning, ignored)
+- `transkube.dev/fault-injection`: `stall` | `stall-upload` | `slow-transfers` | `exit-transient` | `exit-internal`
+  (anything else: warning, ignored)
 - `transkube.dev/fault-injection-attempts`: optional N; the fault applies only while fewer than N earlier attempts
   have finished (entries of status.attemptHistory with a finishTime), so a test can fail the first N attempts and
   let the next one succeed. Absent: every attempt.
 
 The decision (`fault_for`) is pure; `lookup_fault` is the one API read; `Stall` and `UploadHold` are the stalls'
-runtime parts.
+runtime parts, `Throttle` (with `slow_transfer_config`) the slow transfers'.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
@@ -44,6 +44,7 @@ ANNOTATION_FAULT_ATTEMPTS = f"{PREFIX}/fault-injection-attempts"
 class Fault(enum.StrEnum):
     STALL = "stall"
     STALL_UPLOAD = "stall-upload"
+    SLOW_TRANSFERS = "slow-transfers"
     EXIT_TRANSIENT = "exit-transient"
     EXIT_INTERNAL = "exit-internal"
 
@@ -206,3 +207,46 @@ class UploadHold(BaseSubscriber):
                 time.sleep(sleep)
         finally:
             self.released.set()
+
+
+# The `slow-transfers` fault: every download and upload of the attempt runs at this rate, in parts of S3's smallest
+# multipart part size, one request at a time. A chaos test can then stop the storage server while the attempt is
+# surely downloading or uploading: the next part's request meets the outage (socket buffers hold at most the
+# part in flight, never the whole object).
+SLOW_TRANSFER_BYTES_PER_SECOND = 1024 * 1024
+SLOW_TRANSFER_PART = 5 * 1024 * 1024
+
+
+def slow_transfer_config() -> TransferConfig:
+    return TransferConfig(multipart_threshold=SLOW_TRANSFER_PART, multipart_chunksize=SLOW_TRANSFER_PART,
+                          max_concurrency=1, use_threads=True)
+
+
+def throttle_delay(done_bytes: int, elapsed: float, bytes_per_second: float) -> float:
+    """How long to wait so that `done_bytes` after `elapsed` seconds stays within the rate (0: on schedule)."""
+    return max(0.0, done_bytes / bytes_per_second - elapsed)
+
+
+class Throttle(BaseSubscriber):
+    """Caps a transfer's throughput: each progress callback (on the transfer thread, while it reads the body it
+    sends or receives) sleeps until the bytes so far fit the rate. Progress can go negative when s3transfer
+    retries a part; the count never drops below zero."""
+
+    def __init__(self, bytes_per_second: float = SLOW_TRANSFER_BYTES_PER_SECOND,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._rate = bytes_per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._start: float | None = None
+        self.done = 0
+
+    def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
+        with self._lock:
+            now = self._clock()
+            if self._start is None:
+                self._start = now
+            self.done = max(0, self.done + bytes_transferred)
+            delay = throttle_delay(self.done, now - self._start, self._rate)
+        if delay > 0:
+            self._sleep(delay)

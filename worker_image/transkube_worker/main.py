@@ -35,7 +35,7 @@ from . import __version__
 from .cleanup import run_cleanup
 from .config import DEFAULT_TERMINATION_LOG, WorkerConfig
 from .errors import Internal, InvalidInput, QualityBelowThreshold, Unsupported, WorkerError, termination_message
-from .faults import Fault, Stall, UploadHold, lookup_fault
+from .faults import Fault, Stall, Throttle, UploadHold, lookup_fault, slow_transfer_config
 from .ffmpeg_args import (
     DEFAULT_LIMITS,
     Accelerator,
@@ -94,7 +94,9 @@ from .transcode import run_ffmpeg
 if TYPE_CHECKING:
     import subprocess
 
+    from boto3.s3.transfer import TransferConfig
     from mypy_boto3_s3.client import S3Client
+    from s3transfer.subscribers import BaseSubscriber
 
 log = logging.getLogger("transkube_worker")
 
@@ -304,7 +306,8 @@ class Attempt:
         def tick() -> None:
             self.reporter.update(compute_progress("Downloading", utcnow(), done_bytes=counter.done, total_bytes=size))
 
-        download(client, loc, dest, counter, transfer_config(), tick)
+        config, extra = self._transfer_settings()
+        download(client, loc, dest, counter, config, tick, extra)
         log.info("downloaded", extra={"fields": {"uri": loc.uri, "bytes": size,
                                                  "seconds": round(time.monotonic() - started, 2)}})
         return dest
@@ -336,7 +339,7 @@ class Attempt:
         total = sum(size for _, size in sizes)
         counter = ByteCounter()
         checksums: dict[str, str] = {}
-        config = transfer_config()
+        config, extra = self._transfer_settings()
         hold = UploadHold(config.multipart_threshold, config.multipart_chunksize) \
             if self.fault is Fault.STALL_UPLOAD else None  # test-only (faults.py)
         if hold is not None:
@@ -357,10 +360,17 @@ class Attempt:
         self._abort_stale_uploads(client, sizes)
         started = time.monotonic()
         upload_all(client, uploads, counter, config, tick, self.submitted.append, hash_outputs,
-                   subscribers=[hold] if hold is not None else [])
+                   subscribers=[*extra, hold] if hold is not None else extra)
         log.info("uploaded", extra={"fields": {"bytes": total, "seconds": round(time.monotonic() - started, 2)}})
         return [with_quality(output_result(o, outputs[o.name], facts, checksums.get(o.uri)), self.quality.get(o.name))
                 for o in spec.outputs]
+
+    def _transfer_settings(self) -> tuple[TransferConfig, list[BaseSubscriber]]:
+        """The settings of one download or upload; the test-only slow-transfers fault (faults.py) makes them
+        slow, in small parts, with a fresh throttle each."""
+        if self.fault is Fault.SLOW_TRANSFERS:
+            return slow_transfer_config(), [Throttle()]
+        return transfer_config(), []
 
     def _abort_stale_uploads(self, client: S3Client, sizes: list[tuple[S3Location, int]]) -> None:
         """An earlier attempt that was killed (OOM, node loss, a stalled attempt) cannot abort its multipart

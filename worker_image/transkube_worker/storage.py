@@ -194,10 +194,11 @@ def head_size(client: S3Client, loc: S3Location) -> int:
 
 
 def download(client: S3Client, loc: S3Location, dest: Path, counter: ByteCounter, config: TransferConfig,
-             tick: Callable[[], None]) -> None:
+             tick: Callable[[], None], subscribers: Sequence[BaseSubscriber] = ()) -> None:
+    """Download one object; `subscribers` see the transfer too (test-only fault injection)."""
     try:
         with create_transfer_manager(client, config) as manager:
-            future = manager.download(loc.bucket, loc.key, str(dest), subscribers=[counter])
+            future = manager.download(loc.bucket, loc.key, str(dest), subscribers=[counter, *subscribers])
             wait_all([future], tick)
     except WorkerError:
         raise
