@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
+
 from . import procs
 from .kube import ApiError, Kube, Obj
 from .nodeagent_config import GPU_RESOURCE, AgentConfig, NodeSpec
@@ -55,6 +57,9 @@ STATUS_EVERY = 60.0
 TOKEN_SECONDS = 3607
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 RUNTIME = "transkube-agent"
+# The API server is unreachable (e.g. restarting): like the kubelet, retry rather than give up on the pod.
+UNREACHABLE = (urllib3.exceptions.HTTPError, OSError)
+STATUS_RETRY_SECONDS = 1.0
 
 
 def now_rfc3339() -> str:
@@ -202,6 +207,9 @@ class PodRun:
     finished: bool = False
     token_refresh_at: float = 0.0
     retry_config_at: float | None = None
+    # The last status patch that did not reach the API server (phase, reason, message); the reaper sends it again.
+    unsynced: tuple[str, str | None, str | None] | None = None
+    unsynced_retry_at: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -382,9 +390,9 @@ class NodeAgent:
             try:
                 volumes = self.materialise_volumes(run)
                 envs = {c.name: self.container_env(run, c.spec) for c in run.containers}
-            except (ConfigError, ApiError) as exc:
-                # Like the kubelet, keep retrying: a missing Secret may appear later, and the Node
-                # authorizer learns of a pod's binding a moment after the pod reaches us.
+            except (ConfigError, ApiError, *UNREACHABLE) as exc:
+                # Like the kubelet, keep retrying: a missing Secret may appear later, the Node authorizer learns
+                # of a pod's binding a moment after the pod reaches us, a restarting API server comes back.
                 config_error = isinstance(exc, ConfigError)
                 for c in run.containers:
                     c.waiting = ("CreateContainerConfigError" if config_error else "ContainerCreating", str(exc))
@@ -607,6 +615,8 @@ class NodeAgent:
             run.lock.release()
 
     def _reap(self, run: PodRun) -> None:
+        if run.unsynced is not None and time.monotonic() >= run.unsynced_retry_at:
+            self.patch_status(run, *run.unsynced)
         if run.finished or run.terminating:
             return
         if run.retry_config_at and time.monotonic() >= run.retry_config_at:
@@ -746,9 +756,18 @@ class NodeAgent:
             status["message"] = message
         try:
             run.pod = self.kube[run.node].merge_patch(f"{run.path}/status", {"status": status})
-        except ApiError as e:
-            if e.status != 404:
-                raise
+        except (ApiError, *UNREACHABLE) as exc:
+            if isinstance(exc, ApiError) and exc.status == 404:
+                run.unsynced = None  # the pod is gone: nobody to tell
+                return
+            # Not lost: a pod that finished while the API server was away (or still starting: 429, 5xx, an
+            # authorizer not yet warm) must still be reported, so the reaper sends it again.
+            if run.unsynced is None:
+                log.warning("status of %s/%s (%s) not sent, will retry: %s", run.namespace, run.name, phase, exc)
+            run.unsynced = (phase, reason, message)
+            run.unsynced_retry_at = time.monotonic() + STATUS_RETRY_SECONDS
+            return
+        run.unsynced = None
 
     # ---- kubelet API (kubectl logs) ------------------------------------------------------------
     def find_container(self, namespace: str, pod: str, container: str) -> ContainerRun | None:

@@ -71,7 +71,11 @@ def wait_all_done(kube: Kube, ns: str, names: list[str], timeout: float) -> dict
         objs = {n: get_tj(kube, ns, n) for n in names}
         return objs if all((o.get("status") or {}).get("phase") in DONE for o in objs.values()) else None
 
-    result: dict[str, Obj] = wait_for(f"{len(names)} jobs finished", done, timeout=timeout, interval=1)
+    try:
+        result: dict[str, Obj] = wait_for(f"{len(names)} jobs finished", done, timeout=timeout, interval=1)
+    except AssertionError as exc:
+        states = {n: (status_of(kube, ns, n).get("phase"), status_of(kube, ns, n).get("progress")) for n in names}
+        raise AssertionError(f"{exc}; states: {states}") from None
     return result
 
 
