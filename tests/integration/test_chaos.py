@@ -202,7 +202,12 @@ def test_s3_outage_under_download_and_upload(cluster: ClusterState, kube: Kube, 
     def stage(name: str) -> str | None:
         return (status_of(kube, ns, name).get("progress") or {}).get("stage")
 
-    wait_for("the uploader uploading", lambda: stage("upload") == "Uploading", timeout=120, interval=0.2)
+    def sending() -> bool:
+        # Uploading spans 95-100 %: above 95 the first part's bytes flow, so its multipart upload exists.
+        progress = status_of(kube, ns, "upload").get("progress") or {}
+        return progress.get("stage") == "Uploading" and 95 < progress.get("percent", 0) < 100
+
+    wait_for("the uploader sending its first part", sending, timeout=120, interval=0.2)
     at_stop = {n: status_of(kube, ns, n).get("progress") for n in heavy}
     assert stage("download") == "Downloading", at_stop
     with stopped(cluster, "s3", grace=0):  # SIGKILL: connections drop mid-request
