@@ -57,6 +57,9 @@ PRESET = {"name": "preset", "in": "path", "required": True, "description": "The 
           "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 253}}
 OUTPUT = {"name": "output", "in": "path", "required": True, "description": "The output's name (spec.outputs[].name).",
           "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}}
+LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "description": "On reconnect: the id of the last event received (a resourceVersion).",
+                 "schema": {"type": "string", "maxLength": 64}}
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "Makes a retried POST return the job the first one created (same key, same body) "
                               "instead of creating another: the key determines the TranscodeJob's name.",
@@ -123,8 +126,12 @@ OPERATIONS: tuple[Operation, ...] = (
                           "applies."),
     Operation("get", f"{API}/jobs/{{name}}/events", "jobEvents", "Follow a job (Server-Sent Events)", "jobs",
               {"200": {"description": "An event stream: state (the job, at once), then phase, stage, progress, "
-                                      "heartbeat, and finally completed, failed, cancelled or deleted.",
-                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}, (NAME,)),
+                                      "heartbeat, and finally completed, failed, cancelled or deleted. Event ids "
+                                      "are the job's resourceVersion.",
+                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}, (NAME, LAST_EVENT_ID),
+              description="Reconnecting with Last-Event-ID (the last id received) resumes the stream: the current "
+                          "state unless it is the one that id named, and the terminal event whenever the job has "
+                          "ended, so a client never misses how a job ended."),
     Operation("get", f"{API}/jobs/{{name}}/outputs/{{output}}/url", "outputUrl", "Presigned download URL", "jobs",
               {"200": _json(ref("DownloadUrl"), "A GET URL for the output object."),
                "409": _json(ERROR, "The output has not been written yet.")},
