@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from transkube_api.constants import PREFIX
-
 from .errors import ApiError
+from .jobs import ANNOTATION_IDEMPOTENCY_KEY, ANNOTATION_REQUEST_HASH
 from .kube import Kube
 from .metrics import Metrics
 
@@ -31,17 +30,19 @@ WATCH_TIMEOUT_SECONDS = 300
 MAX_BACKOFF_SECONDS = 10  # between attempts to reach an API server that is gone (a restart takes seconds)
 # metadata a read path uses: the cache key and version, job_view's fields, pagination's sort key.
 SLIM_METADATA = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp")
-OWN_ANNOTATIONS = f"{PREFIX}/"  # our own annotations (the idempotency request hash); users' may be large
+# The annotations a read uses (an idempotent replay compares the request hash). Not the rest of transkube.dev/:
+# the operator's kopf diff base there is a whole copy of the spec.
+KEPT_ANNOTATIONS = (ANNOTATION_REQUEST_HASH, ANNOTATION_IDEMPOTENCY_KEY)
 
 
 def slim(obj: Obj) -> Obj:
     """The projection of a TranscodeJob the cache keeps: spec and status whole (the API serves them), and of
-    metadata only SLIM_METADATA and transkube's own annotations. Dropped: managedFields, labels, finalizers,
-    owner references, kubectl's last-applied-configuration and every other annotation, apiVersion and kind.
-    Pure; job_view(slim(obj)) == job_view(obj)."""
+    metadata only SLIM_METADATA and KEPT_ANNOTATIONS. Dropped: managedFields, labels, finalizers, owner
+    references, kubectl's last-applied-configuration, kopf's diff base and progress, every other annotation,
+    apiVersion and kind. Pure; job_view(slim(obj)) == job_view(obj)."""
     meta = obj.get("metadata") or {}
     out_meta: Obj = {k: meta[k] for k in SLIM_METADATA if k in meta}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(OWN_ANNOTATIONS)}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in KEPT_ANNOTATIONS}
     if annotations:
         out_meta["annotations"] = annotations
     out: Obj = {"metadata": out_meta}

@@ -290,7 +290,7 @@ def fat_cr() -> Obj:
         "deletionTimestamp": "2026-01-01T00:01:00Z",
         "annotations": {jobs.ANNOTATION_REQUEST_HASH: "abc",
                         "kubectl.kubernetes.io/last-applied-configuration": json.dumps(obj),
-                        "kopf.zalando.org/last-handled-configuration": json.dumps(obj)},
+                        "transkube.dev/last-handled-configuration": json.dumps(obj)},
         "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]})
     return obj
 
