@@ -209,6 +209,31 @@ async def _authenticator_modes() -> None:
         assert exc.value.status == 401
 
 
+def test_authenticator_keeps_its_keys_while_the_secret_cannot_be_read() -> None:
+    asyncio.run(_keeps_keys())
+
+
+async def _keeps_keys() -> None:
+    _, key = auth.new_key()
+    key_id, entry = auth.secret_entry(key, "acme", "premium")
+    reads: list[bool] = []
+    down = False
+
+    async def load() -> dict[str, str]:
+        reads.append(down)
+        if down:
+            raise errors.upstream_unavailable()
+        return {key_id: base64.b64encode(entry.encode()).decode()}
+
+    authn = auth.Authenticator(ShimConfig(api_keys_refresh_seconds=0), load)  # every request would re-read
+    await authn.refresh()
+    down = True
+    for _ in range(3):
+        assert (await authn.identify(key, None)).tenant == "acme"
+    assert reads == [False, True]  # one failed read, then backing off; the keys stay
+    assert authn.last_error and authn.failed_at is not None
+
+
 # ---- quotas ----
 
 def test_quota_usage_counts_active_and_last_24h() -> None:
