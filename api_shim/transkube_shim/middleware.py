@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from .errors import ApiError, from_http_status
 from .logs import request_id, request_id_var
+from .openapi import STALE_HEADER
 from .state import AUTH, CACHE, CONFIG, IDENTITY, LIMITER, METRICS, RATE_HEADERS, REQUEST_ID
 
 log = logging.getLogger("transkube_shim.access")
@@ -29,7 +30,6 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-ID, Last-Event-ID"
-STALE_HEADER = "X-Cache-Stale-Seconds"
 CORS_EXPOSE_HEADERS = ("X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, "
                        f"Idempotent-Replayed, Location, {STALE_HEADER}")
 

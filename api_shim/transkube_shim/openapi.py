@@ -49,6 +49,11 @@ _RATE_HEADERS = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
 }
 
+STALE_HEADER = "X-Cache-Stale-Seconds"
+_STALE = {"description": "Only while the shim's job cache is out of touch with the Kubernetes API server (say, "
+                         "during its restart): for how many seconds. The answer is the last known state.",
+          "schema": {"type": "string"}}
+
 NAME = {"name": "name", "in": "path", "required": True, "description": "The job's name.",
         "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 253}}
 UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "description": "The id POST /uploads returned.",
@@ -201,6 +206,8 @@ def _operation(op: Operation) -> Obj:
         for code, response in responses.items():
             if code[0] in "24":
                 response.setdefault("headers", copy.deepcopy(_RATE_HEADERS))
+            if code == "200" and op.method == "get":
+                response["headers"][STALE_HEADER] = copy.deepcopy(_STALE)
     else:
         out["security"] = []
         responses.setdefault("default", _json(ERROR, _ERRORS["default"]))

@@ -17,7 +17,7 @@ import requests
 from transkube_cli.backends import ShimBackend
 from transkube_dev.cluster import ClusterState, LocalCluster
 from transkube_shim.config import ShimConfig
-from transkube_shim.middleware import STALE_HEADER
+from transkube_shim.openapi import STALE_HEADER
 from transkube_shim.state import CACHE
 
 from .conftest import wait_for
