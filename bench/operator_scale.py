@@ -347,6 +347,7 @@ def install_chart(env: Env) -> None:
             "--set", f"operator.livenessPort={procs.free_port()}",
             "--set", f"operator.metricsPort={env.op_metrics_port}",
             "--set", f"shim.port={env.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",
+            "--set", "shim.replicas=1",  # pods are host processes here: two replicas would collide on shim.port
             "--set", "worker.terminationGracePeriodSeconds=10",
             "--set-json", f"scheduling.pools={json.dumps(pools)}",
             "--set", "scheduling.agingSeconds=0", "--set", "faultInjection=true",

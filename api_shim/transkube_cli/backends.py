@@ -38,6 +38,7 @@ Progress = Callable[[int], None]  # bytes transferred since the last call
 PRESET_PLURAL = "transcodepresets"  # cluster-scoped, same group/version (see transkube_shim/presets.py)
 MIB = 1024 * 1024
 RETRY_PATCH_ATTEMPTS = 3
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})  # a busy or restarting shim or API server: reconnect later
 
 
 class CliError(Exception):
@@ -289,6 +290,10 @@ class ShimBackend:
             resp = self.session.request(method, self.url + path, **kwargs)
         except requests.RequestException as exc:
             raise CliError(f"{what}: cannot reach the shim at {self.url}: {exc}") from exc
+        return self._check(resp, what)
+
+    @staticmethod
+    def _check(resp: requests.Response, what: str) -> requests.Response:
         if resp.status_code >= 400:
             message = resp.text[:500]
             try:
@@ -324,30 +329,53 @@ class ShimBackend:
             params["continue"] = page["continue"]
 
     def watch(self, name: str) -> Iterator[Obj | None]:
-        """SSE: the job now, then every change; None once it is deleted. Reconnects when a stream ends early
-        (a shim replica shutting down ends its streams; the next `state` event brings us up to date)."""
+        """SSE: the job now, then every change; None once it is deleted. A stream that ends early or breaks (a
+        shim replica shutting down, a network blip) is reopened with Last-Event-ID, after a backoff that doubles
+        up to sse.RECONNECT_MAX_SECONDS; the shim then sends what changed meanwhile, and always the terminal
+        event of a job that ended. Gives up after sse.RECONNECT_GIVE_UP_SECONDS without a connection."""
         job: Obj | None = None
         status: Obj = {}
+        last_id: str | None = None
+        failures = 0
+        last_connected = time.monotonic()
         while True:
-            resp = self._request("GET", f"/api/v1/jobs/{name}/events", f"watch {name}", stream=True,
-                                 timeout=(10, 120))
+            if failures:
+                if time.monotonic() - last_connected > sse.RECONNECT_GIVE_UP_SECONDS:
+                    raise CliError(f"watch {name}: lost the event stream and could not reconnect for "
+                                   f"{sse.RECONNECT_GIVE_UP_SECONDS:.0f} s")
+                time.sleep(sse.reconnect_delay(failures))
+            failures += 1
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                resp = self.session.get(f"{self.url}/api/v1/jobs/{name}/events", headers=headers, stream=True,
+                                        timeout=(10, 120))
+            except requests.RequestException:
+                continue  # the shim is unreachable for now
             with resp:
-                for event, data in sse.parse(line for line in resp.iter_lines(decode_unicode=True)):
-                    if event == "heartbeat":
-                        continue
-                    if event == "deleted":
-                        yield None
-                        return
-                    if event in ("state", "completed", "failed", "cancelled"):
-                        job = shim_job_to_cr(data)
-                    status = fold_event(status, event, data)
-                    if event == "phase" and data.get("to") == "Succeeded":
-                        continue  # `completed` follows with the whole status (its outputs): show that one
-                    if job is not None:
-                        yield {**job, "status": status}
-                    if event in ("completed", "failed", "cancelled"):
-                        return
-            time.sleep(1)
+                if resp.status_code in RETRYABLE_STATUSES:
+                    continue
+                self._check(resp, f"watch {name}")
+                failures, last_connected = 0, time.monotonic()
+                try:
+                    for event in sse.events(line for line in resp.iter_lines(decode_unicode=True)):
+                        last_id = event.id or last_id
+                        if event.name == "heartbeat":
+                            continue
+                        if event.name == "deleted":
+                            yield None
+                            return
+                        if event.name in ("state", "completed", "failed", "cancelled"):
+                            job = shim_job_to_cr(event.data)
+                        status = fold_event(status, event.name, event.data)
+                        if event.name == "phase" and event.data.get("to") == "Succeeded":
+                            continue  # `completed` follows with the whole status (its outputs): show that one
+                        if job is not None:
+                            yield {**job, "status": status}
+                        if event.name in ("completed", "failed", "cancelled"):
+                            return
+                except requests.RequestException:
+                    pass  # the stream broke: reconnect
+            failures = max(failures, 1)
 
     def set_flag(self, name: str, verb: str) -> Obj:
         path = {"cancel": "cancel", "suspend": "pause", "resume": "resume"}[verb]

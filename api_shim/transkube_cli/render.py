@@ -305,7 +305,7 @@ def checksum_ok(expected: str | None, sha256_hex: str) -> bool | None:
 def shim_job_to_cr(view: Obj) -> dict[str, Any]:
     """The shim's Job view ({name, createdAt, spec, status, ...}) -> the CR's shape the renderers take."""
     return {"metadata": {"name": view.get("name", ""), "creationTimestamp": view.get("createdAt"),
-                         "uid": view.get("uid")},
+                         "uid": view.get("uid"), "resourceVersion": view.get("resourceVersion")},
             "spec": view.get("spec") or {}, "status": view.get("status") or {}}
 
 

@@ -31,6 +31,9 @@ KEY_PREFIX = "tk"
 KEY_ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
 TENANT_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DUMMY_HASH = "sha256:" + "0" * 64
+# After a failed read of the key Secret (the API server restarting), keep the keys we have and don't ask again for
+# this long: every request would otherwise wait on an API server that is not there.
+FAILED_REFRESH_BACKOFF_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class Authenticator:
         self._load_secret = load_secret  # async () -> dict[str, str] (the Secret's data)
         self.records: dict[str, KeyRecord] = {}
         self.loaded_at = 0.0
+        self.failed_at: float | None = None
         self.last_error: str | None = None
 
     async def refresh(self) -> None:
@@ -153,15 +157,20 @@ class Authenticator:
         except ApiError as exc:
             if exc.status != 404:
                 self.last_error = exc.message
+                self.failed_at = time.monotonic()
                 log.warning("could not read the API key Secret", extra={"error": exc.message})
                 return
             data = {}
         self.records = parse_secret(data)
         self.loaded_at = time.monotonic()
+        self.failed_at = None
         self.last_error = None
 
     async def maybe_refresh(self, unknown_id: bool) -> None:
-        age = time.monotonic() - self.loaded_at
+        now = time.monotonic()
+        if self.failed_at is not None and now - self.failed_at < FAILED_REFRESH_BACKOFF_SECONDS:
+            return
+        age = now - self.loaded_at
         config = self.config
         if age > config.api_keys_refresh_seconds or (unknown_id and age > config.api_keys_miss_refresh_seconds):
             await self.refresh()

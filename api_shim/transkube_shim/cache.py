@@ -1,5 +1,9 @@
 """The watch-fed cache of TranscodeJobs: one list+watch per process feeds every read and every SSE
-subscriber. Writes go to the API server and their answers are folded in at once (read-your-writes)."""
+subscriber. Writes go to the API server and their answers are folded in at once (read-your-writes).
+
+Objects are stored as slim projections (`slim`): only what a read path uses. Once synced, the cache keeps
+serving its last known state while the API server is unreachable (a restart, an outage); `stale_seconds`
+says for how long it has not been in sync."""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError
+from .jobs import ANNOTATION_IDEMPOTENCY_KEY, ANNOTATION_REQUEST_HASH
 from .kube import Kube
 from .metrics import Metrics
 
@@ -21,6 +27,29 @@ Key = tuple[str, str]  # (namespace, name)
 log = logging.getLogger("transkube_shim.cache")
 
 WATCH_TIMEOUT_SECONDS = 300
+MAX_BACKOFF_SECONDS = 10  # between attempts to reach an API server that is gone (a restart takes seconds)
+# metadata a read path uses: the cache key and version, job_view's fields, pagination's sort key.
+SLIM_METADATA = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp")
+# The annotations a read uses (an idempotent replay compares the request hash). Not the rest of transkube.dev/:
+# the operator's kopf diff base there is a whole copy of the spec.
+KEPT_ANNOTATIONS = (ANNOTATION_REQUEST_HASH, ANNOTATION_IDEMPOTENCY_KEY)
+
+
+def slim(obj: Obj) -> Obj:
+    """The projection of a TranscodeJob the cache keeps: spec and status whole (the API serves them), and of
+    metadata only SLIM_METADATA and KEPT_ANNOTATIONS. Dropped: managedFields, labels, finalizers, owner
+    references, kubectl's last-applied-configuration, kopf's diff base and progress, every other annotation,
+    apiVersion and kind. Pure; job_view(slim(obj)) == job_view(obj)."""
+    meta = obj.get("metadata") or {}
+    out_meta: Obj = {k: meta[k] for k in SLIM_METADATA if k in meta}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in KEPT_ANNOTATIONS}
+    if annotations:
+        out_meta["annotations"] = annotations
+    out: Obj = {"metadata": out_meta}
+    for key in ("spec", "status"):
+        if key in obj:
+            out[key] = obj[key]
+    return out
 
 
 @dataclass(eq=False)
@@ -66,6 +95,8 @@ class JobCache:
         self.subscribers: dict[Key, set[Subscription]] = {}
         self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stale_since: float | None = None  # monotonic time the watch broke; None while in sync
+        metrics.cache_stale_seconds.set_function(self.stale_seconds)
 
     # ---- reads ----
 
@@ -77,6 +108,17 @@ class JobCache:
 
     def size(self) -> int:
         return sum(len(v) for v in self.by_namespace.values())
+
+    def stale_seconds(self) -> float:
+        """How long the cache has been out of touch with the API server (0 while in sync, or before the first
+        sync: until then reads wait instead of answering)."""
+        if self._stale_since is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self._stale_since)
+
+    def _mark_stale(self) -> None:
+        if self._stale_since is None and self.synced.is_set():
+            self._stale_since = time.monotonic()
 
     async def wait_synced(self, within: float = 10) -> None:
         if self.synced.is_set():
@@ -91,7 +133,8 @@ class JobCache:
 
     def apply(self, obj: Obj) -> None:
         """Fold in an object from the watch or from a write's answer."""
-        meta = obj.get("metadata") or {}
+        obj = slim(obj)
+        meta = obj["metadata"]
         ns, name = meta.get("namespace"), meta.get("name")
         if not ns or not name:
             return
@@ -114,8 +157,8 @@ class JobCache:
         """After a (re)list: the new truth; subscribers hear about what changed or vanished."""
         old = self.by_namespace
         self.by_namespace = {}
-        for obj in items:
-            meta = obj.get("metadata") or {}
+        for obj in map(slim, items):
+            meta = obj["metadata"]
             self.by_namespace.setdefault(meta.get("namespace", ""), {})[meta.get("name", "")] = obj
         for key in list(self.subscribers):
             before, after = old.get(key[0], {}).get(key[1]), self.get(*key)
@@ -167,6 +210,10 @@ class JobCache:
             self._task = None
 
     async def _run(self) -> None:
+        """List, then watch from the list's version until the watch expires (410) or breaks. A broken watch or
+        a failed list (the API server restarting: connection refused, 5xx) changes nothing a reader sees but
+        `stale_seconds`: the last known state stays, and we retry with capped, jittered backoff. The relist
+        that follows brings every subscriber the changes it missed (replace_all)."""
         backoff = 0.5
         while True:
             try:
@@ -174,6 +221,9 @@ class JobCache:
                 self.replace_all(items)
                 self.metrics.cached_jobs.set(self.size())
                 self.synced.set()
+                if self._stale_since is not None:
+                    log.info("job cache back in sync", extra={"stale_seconds": round(self.stale_seconds(), 1)})
+                self._stale_since = None
                 log.info("job cache synced", extra={"jobs": len(items), "resource_version": rv})
                 backoff = 0.5
                 while True:  # watch until the API server ends it, then resume from the last version seen
@@ -185,10 +235,11 @@ class JobCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving the last known state, and retry
+                self._mark_stale()
                 self.metrics.watch_restarts.labels("error").inc()
                 log.warning("job watch failed; retrying", extra={"error": repr(exc)[:500], "backoff": backoff})
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 (jitter, not crypto)
-                backoff = min(backoff * 2, 30)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _watch(self, rv: str) -> tuple[str, bool]:
         self.metrics.upstream_watches.inc()

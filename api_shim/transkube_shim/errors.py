@@ -51,6 +51,13 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
     return ApiError(422, "validation_error", message, path or None)
 
 
+def upstream_unavailable() -> ApiError:
+    """The API server is gone for now (restarting: connection refused, or its own 503). Writes fail with this;
+    reads keep answering from the watch-fed cache. Clients retry after Retry-After."""
+    return ApiError(503, "upstream_unavailable", "the Kubernetes API server is unavailable; retry shortly",
+                    headers={"Retry-After": "2"})
+
+
 # Kubernetes Status reasons we pass through with our own code.
 _KUBE_CODES = {404: (404, "not_found"), 409: (409, "conflict"), 410: (409, "conflict"), 400: (400, "bad_request")}
 
@@ -84,6 +91,8 @@ def from_kube_error(status: int, body: str | bytes | None) -> ApiError:
         return denied
     if status in (401, 403):
         return ApiError(502, "upstream_unauthorized", "the shim's Kubernetes credentials were refused")
+    if status == 503:
+        return upstream_unavailable()
     if status == 429:
         return ApiError(503, "upstream_busy", "the Kubernetes API server is busy; retry shortly",
                         headers={"Retry-After": "1"})

@@ -338,11 +338,27 @@ async def readyz(request: web.Request) -> web.Response:
     names = ("kubernetes", "crd", "storage", "cache")
     results = await asyncio.gather(_check(kube.server_version()), _check(crd()), _check(app[STORAGE].reachable()),
                                    _check(synced()))
-    checks = dict(zip(names, results, strict=True))
+    checks = readiness(dict(zip(names, results, strict=True)), app[CACHE].synced.is_set())
     if app[SHUTTING_DOWN]:
         checks["shutdown"] = "failed: shutting down"
-    ok = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+    ok = not any(v.startswith("failed") for v in checks.values())
+    body: Obj = {"status": "ok" if ok else "unavailable", "checks": checks}
+    if stale := app[CACHE].stale_seconds():
+        body["cacheStaleSeconds"] = round(stale, 1)
+    return json_response(body, 200 if ok else 503)
+
+
+UPSTREAM_CHECKS = ("kubernetes", "crd")
+
+
+def readiness(checks: dict[str, str], synced: bool) -> dict[str, str]:
+    """Once the cache has synced, the API server being unreachable does not make a replica unready: reads keep
+    answering from the cache (every replica would flip at once, leaving no one to serve them). Such a check
+    reads `degraded: ...` instead of `failed: ...`."""
+    if not synced:
+        return checks
+    return {name: value.replace("failed", "degraded", 1) if name in UPSTREAM_CHECKS else value
+            for name, value in checks.items()}
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from transkube_api.constants import GROUP, PLURAL, VERSION
 
-from .errors import ApiError, from_kube_error
+from .errors import ApiError, from_kube_error, upstream_unavailable
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -53,8 +53,8 @@ class Kube:
             raise from_kube_error(int(exc.status or 500), exc.body) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise ApiError(504, "upstream_timeout", "the Kubernetes API server did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise ApiError(502, "upstream_unreachable", "the Kubernetes API server is unreachable") from exc
+        except aiohttp.ClientError as exc:  # connection refused or reset: an API server restart, typically
+            raise upstream_unavailable() from exc
 
     # ---- TranscodeJobs (writes, and consistent reads where a cache would not do) ----
 

@@ -29,6 +29,10 @@ class Metrics:
                                     ["type"], registry=r)
         self.watch_restarts = Counter("transkube_shim_watch_restarts", "Times the watch was re-established.",
                                       ["reason"], registry=r)
+        self.cache_stale_seconds = Gauge("transkube_shim_cache_stale_seconds",
+                                         "Seconds the job cache has been out of touch with the API server "
+                                         "(0 while its watch is healthy); reads keep serving its last state.",
+                                         registry=r)
         self.cached_jobs = Gauge("transkube_shim_cached_jobs", "TranscodeJobs in the watch-fed cache.", registry=r)
         self.rate_limited = Counter("transkube_shim_rate_limited", "Requests refused by the rate limiter.",
                                     registry=r)

@@ -13,7 +13,8 @@ from aiohttp.typedefs import Handler
 
 from .errors import ApiError, from_http_status
 from .logs import request_id, request_id_var
-from .state import AUTH, CONFIG, IDENTITY, LIMITER, METRICS, RATE_HEADERS, REQUEST_ID
+from .openapi import STALE_HEADER
+from .state import AUTH, CACHE, CONFIG, IDENTITY, LIMITER, METRICS, RATE_HEADERS, REQUEST_ID
 
 log = logging.getLogger("transkube_shim.access")
 errlog = logging.getLogger("transkube_shim.errors")
@@ -30,7 +31,7 @@ SECURITY_HEADERS = {
 }
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-ID, Last-Event-ID"
 CORS_EXPOSE_HEADERS = ("X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, "
-                       "Idempotent-Replayed, Location")
+                       f"Idempotent-Replayed, Location, {STALE_HEADER}")
 
 
 def error_response(error: ApiError) -> web.Response:
@@ -123,6 +124,10 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
+    # Reads answer from the watch-fed cache; while it is out of touch with the API server, say for how long.
+    if request.method == "GET" and request.path.startswith(API_PREFIX) and CACHE in request.app \
+            and (stale := request.app[CACHE].stale_seconds()) > 0:
+        response.headers[STALE_HEADER] = f"{stale:.1f}"
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["X-Request-ID"] = rid

@@ -231,7 +231,12 @@ class CompletedUpload(ApiModel):
 
 class Health(ApiModel):
     status: Literal["ok", "unavailable"] = Field(description="ok when every check passed.")
-    checks: dict[str, str] = Field(default_factory=dict, description="Each check's result.")
+    checks: dict[str, str] = Field(
+        default_factory=dict, description="Each check's result: ok, failed: <why>, or degraded: <why> (the API "
+                                          "server is unreachable but the job cache is serving reads; still ready).")
+    cache_stale_seconds: float | None = Field(
+        default=None, description="How long the job cache has been out of touch with the API server; absent "
+                                  "while it is in sync.")
 
 
 # Models that become components of the OpenAPI document, in order.

@@ -49,6 +49,11 @@ _RATE_HEADERS = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
 }
 
+STALE_HEADER = "X-Cache-Stale-Seconds"
+_STALE = {"description": "Only while the shim's job cache is out of touch with the Kubernetes API server (say, "
+                         "during its restart): for how many seconds. The answer is the last known state.",
+          "schema": {"type": "string"}}
+
 NAME = {"name": "name", "in": "path", "required": True, "description": "The job's name.",
         "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 253}}
 UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "description": "The id POST /uploads returned.",
@@ -57,6 +62,9 @@ PRESET = {"name": "preset", "in": "path", "required": True, "description": "The 
           "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 253}}
 OUTPUT = {"name": "output", "in": "path", "required": True, "description": "The output's name (spec.outputs[].name).",
           "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}}
+LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "description": "On reconnect: the id of the last event received (a resourceVersion).",
+                 "schema": {"type": "string", "maxLength": 64}}
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "Makes a retried POST return the job the first one created (same key, same body) "
                               "instead of creating another: the key determines the TranscodeJob's name.",
@@ -123,8 +131,12 @@ OPERATIONS: tuple[Operation, ...] = (
                           "applies."),
     Operation("get", f"{API}/jobs/{{name}}/events", "jobEvents", "Follow a job (Server-Sent Events)", "jobs",
               {"200": {"description": "An event stream: state (the job, at once), then phase, stage, progress, "
-                                      "heartbeat, and finally completed, failed, cancelled or deleted.",
-                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}, (NAME,)),
+                                      "heartbeat, and finally completed, failed, cancelled or deleted. Event ids "
+                                      "are the job's resourceVersion.",
+                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}, (NAME, LAST_EVENT_ID),
+              description="Reconnecting with Last-Event-ID (the last id received) resumes the stream: the current "
+                          "state unless it is the one that id named, and the terminal event whenever the job has "
+                          "ended, so a client never misses how a job ended."),
     Operation("get", f"{API}/jobs/{{name}}/outputs/{{output}}/url", "outputUrl", "Presigned download URL", "jobs",
               {"200": _json(ref("DownloadUrl"), "A GET URL for the output object."),
                "409": _json(ERROR, "The output has not been written yet.")},
@@ -194,6 +206,8 @@ def _operation(op: Operation) -> Obj:
         for code, response in responses.items():
             if code[0] in "24":
                 response.setdefault("headers", copy.deepcopy(_RATE_HEADERS))
+            if code == "200" and op.method == "get":
+                response["headers"][STALE_HEADER] = copy.deepcopy(_STALE)
     else:
         out["security"] = []
         responses.setdefault("default", _json(ERROR, _ERRORS["default"]))

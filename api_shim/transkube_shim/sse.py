@@ -1,7 +1,13 @@
 """Server-Sent Events for one job: its state on connect, then phase, stage and progress changes, and a final
 completed / failed / cancelled / deleted event; a heartbeat while nothing happens. Every subscriber of every
 job is fed by the cache's one watch; updates coalesce per subscriber, so a slow client sees fewer progress
-events, never stale ones."""
+events, never stale ones.
+
+Event ids are the job's resourceVersion. A client reconnecting with Last-Event-ID (a dropped connection, a
+replica going away) gets the current state unless that id is still current, and always the terminal event of a
+job that has ended: a gap in terminal events is never possible, a repeated one is (clients treat it as
+idempotent). While the API server is away the stream stays open on heartbeats; the cache's relist brings what
+changed meanwhile."""
 
 from __future__ import annotations
 
@@ -44,9 +50,13 @@ class Tracker:
     done: bool = False
     sent: list[str] = field(default_factory=list)
 
-    def initial(self, obj: Obj) -> list[Event]:
+    def initial(self, obj: Obj, last_event_id: str | None = None) -> list[Event]:
+        """The events a new connection starts with. last_event_id is the client's Last-Event-ID on a
+        reconnect: when it names the current version, the client already has this state, so only a terminal
+        event (which may be what it missed) is sent."""
         self._remember(obj)
-        events: list[Event] = [("state", job_view(obj))]
+        resumed = last_event_id is not None and last_event_id == _rv(obj)
+        events: list[Event] = [] if resumed else [("state", job_view(obj))]
         return events + self._terminal(obj)
 
     def update(self, obj: Obj) -> list[Event]:
@@ -103,7 +113,7 @@ async def stream(request: web.Request, cache: JobCache, config: ShimConfig, metr
                 await response.write(encode("deleted", {"name": name}))
                 return response
             tracker = Tracker()
-            for event, data in tracker.initial(obj):
+            for event, data in tracker.initial(obj, last_event_id(request)):
                 await response.write(encode(event, data, _rv(obj)))
             while not tracker.done and not sub.closed:
                 with contextlib.suppress(TimeoutError):
@@ -125,6 +135,11 @@ async def stream(request: web.Request, cache: JobCache, config: ShimConfig, metr
     with contextlib.suppress(ConnectionResetError, ConnectionError):
         await response.write_eof()
     return response
+
+
+def last_event_id(request: web.Request) -> str | None:
+    value = request.headers.get("Last-Event-ID", "").strip()
+    return value or None
 
 
 def _rv(obj: Obj) -> str | None:

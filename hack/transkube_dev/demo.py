@@ -43,6 +43,8 @@ def main(cluster_dir: str) -> int:
                     "--set", f"operator.livenessPort={procs.free_port()}",
                     "--set", f"operator.metricsPort={procs.free_port()}",
                     "--set", f"shim.port={shim_port}",
+                    # Pods run as host processes here: a second shim replica would collide on shim.port.
+                    "--set", "shim.replicas=1",
                     "--set", "worker.progressIntervalSeconds=1", "--wait", "--timeout", "120s"],
                    check=True, stdout=subprocess.DEVNULL)
     print(kubectl("get", "deploy,pods", "-n", "transkube-system"))

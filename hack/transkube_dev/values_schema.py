@@ -26,8 +26,8 @@ OPEN_MAPS = {"nodeSelector", "annotations", "affinity", "podAnnotations", "resou
              "scheduling.pools", "scheduling.quotas", "scheduling.defaultQuota",
              # Storage confinement: per-namespace and per-tenant entries.
              "storageScope.namespaces", "storageScope.tenants"}
-# Lists of objects we don't constrain further (tolerations, NetworkPolicy peers).
-FREE_LISTS = {"tolerations", "from"}
+# Lists of objects we don't constrain further (tolerations, NetworkPolicy peers, topology spread).
+FREE_LISTS = {"tolerations", "from", "topologySpreadConstraints"}
 # Numbers whose integer default doesn't make them integers (fractional seconds; `--set-json key=0.5`).
 NUMBERS = {"webhooks.timeoutSeconds", "worker.progressIntervalSeconds"}
 

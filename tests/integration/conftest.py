@@ -184,6 +184,8 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
          "--set", f"operator.livenessPort={installed.liveness_port}",
          "--set", f"operator.metricsPort={installed.metrics_port}",
          "--set", f"shim.port={installed.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",
+         # The dev node agent runs pods as host processes: a second shim replica would collide on shim.port.
+         "--set", "shim.replicas=1",
          "--set-json", "worker.progressIntervalSeconds=0.5", "--set", "worker.terminationGracePeriodSeconds=10",
          # Scheduling for tests: room for the suites' parallel jobs in cpu, a one-slot "serial" pool for
          # ordering tests, a quota namespace, no aging (order must be exact), short retry and webhook delays.

@@ -92,3 +92,31 @@ def test_every_value_is_documented() -> None:
         return out
 
     assert undocumented(json.loads(values_schema.render())) == [], "add a `# --` comment in values.yaml"
+
+
+def _shim_docs(*sets: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    docs = rendered(*sets)
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-shim")
+    pdb = next((d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "t-shim"), None)
+    return deployment, pdb
+
+
+def test_the_shim_is_highly_available_by_default() -> None:
+    deployment, pdb = _shim_docs()
+    assert deployment["spec"]["replicas"] == 2
+    assert pdb is not None and pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    pod = deployment["spec"]["template"]["spec"]
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+def test_one_shim_replica_has_no_pdb_and_own_affinity_wins() -> None:
+    deployment, pdb = _shim_docs("--set", "shim.replicas=1",
+                                 "--set-json", 'shim.affinity={"nodeAffinity":{"x":1}}')
+    assert deployment["spec"]["replicas"] == 1
+    assert pdb is None  # minAvailable 1 of 1 would block every drain
+    assert deployment["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {"x": 1}}

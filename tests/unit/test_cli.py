@@ -414,6 +414,15 @@ def test_sse_parse() -> None:
              "event: broken", "data: not json", "", "data: {\"m\": 1}", "", "event: cut", "data: {}"]
     assert list(sse.parse(lines)) == [("state", {"a": 1}), ("progress", {"b": 2}), ("heartbeat", {}),
                                       ("message", {"m": 1})]
+    # The last id persists across events (heartbeats carry none): what a reconnect sends as Last-Event-ID.
+    assert [e.id for e in sse.events(lines)] == ["7", "7", "7", "7"]
+    assert [e.id for e in sse.events(["event: heartbeat", "data: {}", ""])] == [None]
+
+
+def test_sse_reconnect_backoff_doubles_and_is_capped() -> None:
+    delays = [sse.reconnect_delay(n) for n in range(1, 10)]
+    assert delays[:4] == [1, 2, 4, 8]
+    assert max(delays) == sse.RECONNECT_MAX_SECONDS and delays == sorted(delays)
 
 
 # ---- the command line itself (no backend needed) ----------------------------------------------------------

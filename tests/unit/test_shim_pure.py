@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from transkube_api.models import TranscodeJobSpec, TranscodePresetSpec
 from transkube_api.presets import resolve_output
-from transkube_shim import auth, confine, errors, jobs, presets, quotas, sse, storage
+from transkube_shim import auth, cache, confine, errors, handlers, jobs, presets, quotas, sse, storage
 from transkube_shim.config import ShimConfig, Tier, pool_capacities
 from transkube_shim.models import Job, PresetJobRequest, QueueStats
 from transkube_shim.ratelimit import RateLimiter, TokenBucket
@@ -147,6 +147,7 @@ def test_validation_error_names_the_field() -> None:
     (403, {}, (502, "upstream_unauthorized")),
     (401, {}, (502, "upstream_unauthorized")),
     (429, {}, (503, "upstream_busy")),
+    (503, {}, (503, "upstream_unavailable")),
     (500, {}, (502, "upstream_error")),
 ])
 def test_kube_errors_map_onto_the_shape(status: int, body: dict[str, Any], expected: tuple[int, str]) -> None:
@@ -208,6 +209,31 @@ async def _authenticator_modes() -> None:
         assert exc.value.status == 401
 
 
+def test_authenticator_keeps_its_keys_while_the_secret_cannot_be_read() -> None:
+    asyncio.run(_keeps_keys())
+
+
+async def _keeps_keys() -> None:
+    _, key = auth.new_key()
+    key_id, entry = auth.secret_entry(key, "acme", "premium")
+    reads: list[bool] = []
+    down = False
+
+    async def load() -> dict[str, str]:
+        reads.append(down)
+        if down:
+            raise errors.upstream_unavailable()
+        return {key_id: base64.b64encode(entry.encode()).decode()}
+
+    authn = auth.Authenticator(ShimConfig(api_keys_refresh_seconds=0), load)  # every request would re-read
+    await authn.refresh()
+    down = True
+    for _ in range(3):
+        assert (await authn.identify(key, None)).tenant == "acme"
+    assert reads == [False, True]  # one failed read, then backing off; the keys stay
+    assert authn.last_error and authn.failed_at is not None
+
+
 # ---- quotas ----
 
 def test_quota_usage_counts_active_and_last_24h() -> None:
@@ -253,6 +279,65 @@ def test_sse_tracker_derives_phase_stage_progress_and_completion() -> None:
     events = retrying.update(queued)
     assert events == [("phase", {"from": "Failed", "to": "Queued", "reason": None, "message": None})]
     assert sse.encode("x", {"a": 1}, "7") == b'id: 7\nevent: x\ndata: {"a":1}\n\n'
+
+
+def test_sse_resume_with_last_event_id_never_skips_the_terminal_event() -> None:
+    running = cr("j", "2026-01-01T00:00:00Z", "Running", progress={"stage": "Transcoding", "percent": 10.0})
+    # The version the client last saw is still current: nothing to repeat, and updates continue from it.
+    resumed = sse.Tracker()
+    assert resumed.initial(running, last_event_id="1") == []
+    assert resumed.update(running) == []
+    # It changed meanwhile (a relist after an API server restart, or another replica): the state now.
+    assert [e for e, _ in sse.Tracker().initial(running, last_event_id="0")] == ["state"]
+    # The job ended: the terminal event always comes, even when the id is current (the connection may have
+    # dropped between the state and the terminal event, which share an id).
+    done = cr("j", "2026-01-01T00:00:00Z", "Succeeded")
+    assert [e for e, _ in sse.Tracker().initial(done, last_event_id="1")] == ["completed"]
+    assert [e for e, _ in sse.Tracker().initial(done, last_event_id="0")] == ["state", "completed"]
+
+
+def test_readiness_survives_the_api_server_once_synced() -> None:
+    down = {"kubernetes": "failed: upstream_unavailable", "crd": "failed: timeout", "storage": "ok", "cache": "ok"}
+    assert handlers.readiness(down, synced=True) == {
+        "kubernetes": "degraded: upstream_unavailable", "crd": "degraded: timeout", "storage": "ok", "cache": "ok"}
+    assert handlers.readiness(down, synced=False) == down  # never synced: nothing to serve from
+    storage_down = {**down, "storage": "failed: storage_error"}
+    assert handlers.readiness(storage_down, synced=True)["storage"] == "failed: storage_error"
+
+
+# ---- the slim cache ----
+
+def fat_cr() -> Obj:
+    obj = cr("j", "2026-01-01T00:00:00Z", "Running", progress={"stage": "Transcoding", "percent": 5.0})
+    obj["apiVersion"], obj["kind"] = "media.transkube.dev/v1alpha1", "TranscodeJob"
+    obj["metadata"].update({
+        "generation": 3, "labels": {jobs.LABEL_TENANT: "acme"}, "finalizers": ["transkube.dev/cleanup"],
+        "deletionTimestamp": "2026-01-01T00:01:00Z",
+        "annotations": {jobs.ANNOTATION_REQUEST_HASH: "abc",
+                        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(obj),
+                        "transkube.dev/last-handled-configuration": json.dumps(obj)},
+        "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]})
+    return obj
+
+
+def test_slim_keeps_what_reads_use_and_drops_the_rest() -> None:
+    obj = fat_cr()
+    small = cache.slim(obj)
+    assert small == {"metadata": {"name": "j", "namespace": "ns", "uid": "uid-j", "resourceVersion": "1",
+                                  "creationTimestamp": "2026-01-01T00:00:00Z",
+                                  "deletionTimestamp": "2026-01-01T00:01:00Z",
+                                  "annotations": {jobs.ANNOTATION_REQUEST_HASH: "abc"}},
+                     "spec": obj["spec"], "status": obj["status"]}
+    assert "managedFields" in obj["metadata"]  # pure: the input is untouched
+    # Every read path answers the same from the projection.
+    assert jobs.job_view(small) == jobs.job_view(obj)
+    assert jobs.same_request(small, TranscodeJobSpec.model_validate(SPEC)) == \
+        jobs.same_request(obj, TranscodeJobSpec.model_validate(SPEC))
+    assert jobs.sort_key(small) == jobs.sort_key(obj) and jobs.phase(small) == jobs.phase(obj)
+    assert jobs.queue_stats([small]) == jobs.queue_stats([obj])
+    assert jobs.retry_precondition(small) == jobs.retry_precondition(obj)
+    assert cache.slim(small) == small
+    assert "annotations" not in cache.slim(cr("k", "2026-01-01T00:00:00Z"))["metadata"]
 
 
 # ---- jobs ----
@@ -531,3 +616,25 @@ def test_config_from_env() -> None:
     assert config.tier("unknown") == Tier(1, 2, 3, 4)
     assert config.upload_part_size == 5 * 1024 * 1024  # never below S3's minimum
     assert config.cors_origins == ("https://a", "https://b")
+
+
+def test_the_cache_stores_projections_and_reports_staleness_only_after_a_sync() -> None:
+    from typing import cast
+
+    from transkube_shim.kube import Kube
+    from transkube_shim.metrics import Metrics
+
+    jc = cache.JobCache(cast(Kube, None), Metrics())  # apply/replace_all/stale_seconds never call the API
+    jc.replace_all([fat_cr()])
+    assert jc.get("ns", "j") == cache.slim(fat_cr())
+    newer = fat_cr()
+    newer["metadata"]["resourceVersion"] = "2"
+    jc.apply(newer)
+    stored = jc.get("ns", "j")
+    assert stored is not None and "managedFields" not in stored["metadata"]
+    assert stored["metadata"]["resourceVersion"] == "2"
+    jc._mark_stale()
+    assert jc.stale_seconds() == 0  # never synced: reads wait for the first sync instead
+    jc.synced.set()
+    jc._mark_stale()
+    assert jc.stale_seconds() >= 0 and jc._stale_since is not None
