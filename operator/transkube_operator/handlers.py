@@ -41,12 +41,14 @@ from transkube_api.constants import (
     REASON_QUOTA_EXCEEDED,
     VERSION,
 )
+from transkube_api.models import AcceleratorSpec
 
 from . import cache, delivery, metrics, queue, webhooks
 from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
+from .queue import PoolView
 from .reconcile import (
     TERMINAL,
     CreateJob,
@@ -57,10 +59,13 @@ from .reconcile import (
     SetJobSuspend,
     parse_time,
     plan,
+    pool_for,
     presets_needed,
     rfc3339_precise,
 )
 from .workqueue import WorkQueue
+
+DEFAULT_ACCELERATOR: str = AcceleratorSpec.model_fields["type"].default
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 log = logging.getLogger("transkube.operator")
@@ -89,6 +94,8 @@ class Runtime:
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
     refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
+    pools: PoolView = field(default_factory=PoolView)  # as of the last pass, plus first sights
+    position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
     indexes: dict[str, Any] = field(default_factory=dict)
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # admission has something to look at
     executor: ThreadPoolExecutor | None = None
@@ -207,6 +214,7 @@ def forget(key: Key, uid: str | None) -> None:
     RT.bodies.pop(key, None)
     RT.written_jobs.pop(key, None)
     RT.admission.pop(key, None)
+    RT.position_written.pop(key, None)
     RT.refusals.pop(key, None)
     RT.queue.discard_timer(key)
     RT.deliveries.discard_timer(key)
@@ -265,9 +273,27 @@ def snapshot(key: Key) -> Inputs | None:
     pods = sorted(RT.indexes.get("pod_index", {}).get(key, ()), key=lambda p: p["metadata"]["name"])
     presets_idx = RT.indexes.get("preset_index", {})
     presets = {p: _first(presets_idx.get(p)) for p in presets_needed(tj)}
+    if key not in RT.admission and not ((tj.get("status") or {}).get("queue") or {}).get("pool"):
+        decided = first_sight(tj)
+        if decided is not None:
+            RT.admission[key] = decided
+            if "position" in decided:
+                RT.position_written[key] = time.monotonic()
     return Inputs(key=key, tj=tj, jobs=jobs, pods=list(pods), presets=presets,
                   admission=RT.admission.get(key), refusal=RT.refusals.get(key),
                   ensure_rbac=CFG.manage_worker_rbac and key[0] not in RT.rbac_ready)
+
+
+def first_sight(tj: Obj) -> Obj | None:
+    """Admission's answer for a job not queued yet, so its first status write is already right (queue.first_sight).
+    The overlay in RT.admission holds the slot until the job's status shows it."""
+    spec = tj.get("spec") or {}
+    if spec.get("suspend") or spec.get("cancel") or (tj.get("status") or {}).get("phase"):
+        return None
+    accelerator = (spec.get("accelerator") or {}).get("type") or DEFAULT_ACCELERATOR
+    pool = pool_for(spec.get("pool"), accelerator, CFG.scheduling)
+    return queue.first_sight(tj["metadata"]["namespace"], pool, RT.pools, CFG.scheduling,
+                             rfc3339_precise(dt.datetime.now(dt.UTC)))
 
 
 def execute(inp: Inputs) -> Outcome:
@@ -328,6 +354,10 @@ def absorb(inp: Inputs, out: Outcome) -> None:
         written.update({n: (stamp, o) for n, o in out.jobs.items()})
     if out.rbac_ready:
         RT.rbac_ready.add(key[0])
+    pending = RT.admission.get(key)
+    if inp.admission is not None and pending is inp.admission \
+            and not cache.decision_written({"status": out.status}, inp.admission):
+        del RT.admission[key]  # the plan did not take it (a pool it does not run in, a suspend): the pass decides
     result = out.plan
     old_phase = (tj.get("status") or {}).get("phase")
     if result.phase in TERMINAL:
@@ -509,10 +539,14 @@ def admission_pass(now: dt.datetime) -> None:
             log.info("refusing %s/%s: %s", *key, message)
             RT.refusals[key] = (REASON_QUOTA_EXCEEDED, message)
             RT.queue.add(key)
+    RT.pools = PoolView(running=Counter(decision.running), waiting=Counter(decision.queued))
     for key in decision.admit:
         log.info("admitting %s/%s", *key)
         RT.admission[key] = {"admittedTime": rfc3339_precise(now), "position": None, "reason": None}
+        RT.position_written.pop(key, None)
         RT.queue.add(key)
-    for key, (position, reason) in decision.positions.items():
+    stamp = time.monotonic()
+    for key, (position, reason) in queue.positions_due(decision, RT.position_written, stamp).items():
         RT.admission[key] = {"position": position, "reason": reason}
+        RT.position_written[key] = stamp
         RT.queue.add(key)
