@@ -89,7 +89,7 @@ class Runtime:
     kube: Kube | None = None
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     deliveries: WorkQueue[Key] = field(default_factory=WorkQueue)  # jobs with webhook deliveries due
-    bodies: dict[Key, Obj] = field(default_factory=dict)  # TranscodeJobs as of their latest event or write
+    bodies: cache.Bodies = field(default_factory=cache.Bodies)  # TranscodeJobs as of their latest event or write
     written_jobs: dict[Key, dict[str, tuple[float, Obj]]] = field(default_factory=dict)  # our Job writes
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
     refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
@@ -183,14 +183,14 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
     if event.get("type") == "DELETED":
         forget(key, uid)
         return
-    body = cache.strip(dict(event["object"]))
-    old = RT.bodies.get(key)
-    same = old is not None and (old.get("metadata") or {}).get("uid") == uid
-    if same and cache.resource_version(old) >= cache.resource_version(body):
+    body = dict(event["object"])
+    held = RT.bodies.identity(key)
+    same = held is not None and held[0] == uid
+    if held is not None and same and held[1] >= cache.resource_version(body):
         return  # our own write coming back: the reconcile that made it already saw it
-    if old is not None and not same:
-        forget(key, (old.get("metadata") or {}).get("uid"))
-    RT.bodies[key] = body
+    if held is not None and not same:
+        forget(key, held[0])
+    RT.bodies.put(key, body)
     RT.queue.add(key)
 
 
@@ -198,7 +198,7 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
 async def on_job(body: kopf.Body, **kwargs: Any) -> None:
     _remember_indexes(kwargs)
     key = cache.owner_key(dict(body))
-    if key in RT.bodies:
+    if key is not None and key in RT.bodies:
         RT.queue.add(key)
 
 
@@ -206,12 +206,12 @@ async def on_job(body: kopf.Body, **kwargs: Any) -> None:
 async def on_pod(body: kopf.Body, **kwargs: Any) -> None:
     _remember_indexes(kwargs)
     key = cache.owner_key(dict(body))
-    if key in RT.bodies:
+    if key is not None and key in RT.bodies:
         RT.queue.add(key)
 
 
 def forget(key: Key, uid: str | None) -> None:
-    RT.bodies.pop(key, None)
+    RT.bodies.pop(key)
     RT.written_jobs.pop(key, None)
     RT.admission.pop(key, None)
     RT.position_written.pop(key, None)
@@ -343,9 +343,8 @@ def absorb(inp: Inputs, out: Outcome) -> None:
     key = inp.key
     tj = inp.tj
     uid = tj["metadata"]["uid"]
-    current = RT.bodies.get(key)
-    if current is not None and current["metadata"].get("uid") == uid and out.body is not None:
-        RT.bodies[key] = cache.newest(current, cache.strip(out.body)) or current
+    if out.body is not None:
+        RT.bodies.put_newer(key, out.body)
     if out.jobs or out.deleted_jobs:
         written = RT.written_jobs.setdefault(key, {})
         for name in out.deleted_jobs:
@@ -431,10 +430,8 @@ async def deliverer() -> None:
                     continue
                 body, status = await loop.run_in_executor(RT.delivery_executor, deliver_due, kube(), tj,
                                                           dict(tj.get("status") or {}))
-                current = RT.bodies.get(key)
-                if body is not None and current is not None \
-                        and current["metadata"].get("uid") == tj["metadata"].get("uid"):
-                    RT.bodies[key] = cache.newest(current, cache.strip(body)) or current
+                if body is not None and key in RT.bodies:
+                    RT.bodies.put_newer(key, body)
                     RT.queue.add(key)  # retention waits for pending deliveries; runs after the release
                 schedule_delivery(key, status)
             finally:
