@@ -326,10 +326,11 @@ def execute(inp: Inputs) -> Outcome:
             out.deleted_jobs.append(action.name)
         if isinstance(action, DeletePod):
             metrics.STALLS.inc()
-    if result.status_patch:
-        out.body = k.patch_status(namespace, name, result.status_patch)
+    # The label first: once status says Failed, a selector on the failure category already finds the job.
     if result.labels_patch:
         out.body = k.patch_labels(namespace, name, result.labels_patch)
+    if result.status_patch:
+        out.body = k.patch_status(namespace, name, result.status_patch)
     for event in result.events:
         k.post_event(tj, event)
     if any(isinstance(a, DeleteTranscodeJob) for a in result.actions):
