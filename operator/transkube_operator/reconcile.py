@@ -453,7 +453,7 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
                     "Running", "Running", None, now_s)
         # The worker exited 0 and the Job controller is about to mark the Job Complete: the attempt's finish
         # rides in that write instead of a write of its own.
-        return _piggyback(p) if finishing and not running else p
+        return _piggyback(p, status) if finishing and not running else p
 
     reason, message = WAITING_FOR_POD
     previous = history.last_failure(attempt_log, round_)
@@ -477,7 +477,7 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     # A worker pod that does not run yet is news when it runs, fails or cannot be scheduled, each a write of
     # its own that carries the attempt's record too.
     return _piggyback(_finish(tj, Plan(phase="Pending", actions=actions, events=events, wake_at=wake_at), desired,
-                              "Pending", reason, message, now_s, stalled=stalled_before))
+                              "Pending", reason, message, now_s, stalled=stalled_before), status)
 
 
 def _fall_back_to_cpu(tj: Obj, owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, desired: Obj,
@@ -599,11 +599,18 @@ def pool_for(spec_pool: str | None, accelerator: str, sched: Scheduling) -> str:
     return spec_pool or sched.default_pools.get(accelerator, accelerator)
 
 
-def _piggyback(p: Plan) -> Plan:
-    """Drops a status patch that only records attempt bookkeeping: it is recomputed from the pods (which stay
-    until the Job goes) and written with the next change that matters, so a job costs one write per state."""
-    if p.status_patch and set(p.status_patch) <= PIGGYBACK and not p.events and not p.actions:
-        p.status_patch = {}
+def _piggyback(p: Plan, status: Obj) -> Plan:
+    """Drops a status patch that only records an attempt starting, or ending well: both are recomputed from the
+    pod (a worker that started or succeeded stays until its Job goes) and written with the next change that
+    matters, so a job costs one write per state. An attempt that ended otherwise is written at once: its pod
+    may be gone (an eviction deletes it) before anything else changes."""
+    if not p.status_patch or not set(p.status_patch) <= PIGGYBACK or p.events or p.actions:
+        return p
+    old = {e.get("attempt"): e for e in status.get("attemptHistory") or []}
+    for entry in p.status_patch.get("attemptHistory") or []:
+        if entry != old.get(entry.get("attempt")) and entry.get("finishTime") and entry.get("reason") != "Succeeded":
+            return p
+    p.status_patch = {}
     return p
 
 

@@ -446,3 +446,15 @@ def test_a_worker_that_exited_0_waits_for_the_job_complete_write() -> None:
     succeeded = plan(settled, [done], exited, CFG, NOW + dt.timedelta(seconds=6))
     assert succeeded.phase == "Succeeded"
     assert succeeded.status_patch["attemptHistory"][-1].get("finishTime")
+
+
+def test_an_attempt_that_ended_badly_is_written_at_once_its_pod_may_vanish() -> None:
+    released = job(startTime="2026-11-21T12:00:01Z")
+    running = plan(tj(), [released], [pod("movie-a", "Running")], CFG, NOW)
+    settled = tj(status=json.loads(json.dumps(running.status_patch)))
+    evicted = pod("movie-a", "Failed", exit_code=143, message="evicted")
+    evicted["status"]["reason"] = "Evicted"
+    after = plan(settled, [released], [evicted], CFG, NOW + dt.timedelta(seconds=5))
+    assert after.events == [] and after.phase == "Pending"
+    first = after.status_patch["attemptHistory"][0]
+    assert first["finishTime"] and first["reason"] != "Succeeded"
