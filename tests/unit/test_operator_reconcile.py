@@ -451,9 +451,15 @@ def test_a_worker_that_exited_0_waits_for_the_job_complete_write() -> None:
 def test_an_attempt_that_ended_badly_is_written_at_once_its_pod_may_vanish() -> None:
     released = job(startTime="2026-11-21T12:00:01Z")
     running = plan(tj(), [released], [pod("movie-a", "Running")], CFG, NOW)
-    settled = tj(status=json.loads(json.dumps(running.status_patch)))
+    terminating = pod("movie-a", "Running")
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-21T12:00:03Z"
+    status = json.loads(json.dumps(running.status_patch))
+    going = plan(tj(status=status), [released], [terminating], CFG, NOW + dt.timedelta(seconds=3))
+    assert going.phase == "Pending"
+    settled = tj(status={**status, **json.loads(json.dumps(going.status_patch))})
     evicted = pod("movie-a", "Failed", exit_code=143, message="evicted")
-    evicted["status"]["reason"] = "Evicted"
+    evicted["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "EvictionByEvictionAPI"}]
     after = plan(settled, [released], [evicted], CFG, NOW + dt.timedelta(seconds=5))
     assert after.events == [] and after.phase == "Pending"
     first = after.status_patch["attemptHistory"][0]
