@@ -41,12 +41,14 @@ from transkube_api.constants import (
     REASON_QUOTA_EXCEEDED,
     VERSION,
 )
+from transkube_api.models import AcceleratorSpec
 
 from . import cache, delivery, metrics, queue, webhooks
 from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
+from .queue import PoolView
 from .reconcile import (
     TERMINAL,
     CreateJob,
@@ -57,10 +59,13 @@ from .reconcile import (
     SetJobSuspend,
     parse_time,
     plan,
+    pool_for,
     presets_needed,
     rfc3339_precise,
 )
 from .workqueue import WorkQueue
+
+DEFAULT_ACCELERATOR: str = AcceleratorSpec.model_fields["type"].default
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 log = logging.getLogger("transkube.operator")
@@ -84,11 +89,13 @@ class Runtime:
     kube: Kube | None = None
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     deliveries: WorkQueue[Key] = field(default_factory=WorkQueue)  # jobs with webhook deliveries due
-    bodies: dict[Key, Obj] = field(default_factory=dict)  # TranscodeJobs as of their latest event or write
+    bodies: cache.Bodies = field(default_factory=cache.Bodies)  # TranscodeJobs as of their latest event or write
     written_jobs: dict[Key, dict[str, tuple[float, Obj]]] = field(default_factory=dict)  # our Job writes
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
     refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
+    pools: PoolView = field(default_factory=PoolView)  # as of the last pass, plus first sights
+    position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
     indexes: dict[str, Any] = field(default_factory=dict)
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # admission has something to look at
     executor: ThreadPoolExecutor | None = None
@@ -176,14 +183,14 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
     if event.get("type") == "DELETED":
         forget(key, uid)
         return
-    body = cache.strip(dict(event["object"]))
-    old = RT.bodies.get(key)
-    same = old is not None and (old.get("metadata") or {}).get("uid") == uid
-    if same and cache.resource_version(old) >= cache.resource_version(body):
+    body = dict(event["object"])
+    held = RT.bodies.identity(key)
+    same = held is not None and held[0] == uid
+    if held is not None and same and held[1] >= cache.resource_version(body):
         return  # our own write coming back: the reconcile that made it already saw it
-    if old is not None and not same:
-        forget(key, (old.get("metadata") or {}).get("uid"))
-    RT.bodies[key] = body
+    if held is not None and not same:
+        forget(key, held[0])
+    RT.bodies.put(key, body)
     RT.queue.add(key)
 
 
@@ -191,7 +198,7 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
 async def on_job(body: kopf.Body, **kwargs: Any) -> None:
     _remember_indexes(kwargs)
     key = cache.owner_key(dict(body))
-    if key in RT.bodies:
+    if key is not None and key in RT.bodies:
         RT.queue.add(key)
 
 
@@ -199,14 +206,15 @@ async def on_job(body: kopf.Body, **kwargs: Any) -> None:
 async def on_pod(body: kopf.Body, **kwargs: Any) -> None:
     _remember_indexes(kwargs)
     key = cache.owner_key(dict(body))
-    if key in RT.bodies:
+    if key is not None and key in RT.bodies:
         RT.queue.add(key)
 
 
 def forget(key: Key, uid: str | None) -> None:
-    RT.bodies.pop(key, None)
+    RT.bodies.pop(key)
     RT.written_jobs.pop(key, None)
     RT.admission.pop(key, None)
+    RT.position_written.pop(key, None)
     RT.refusals.pop(key, None)
     RT.queue.discard_timer(key)
     RT.deliveries.discard_timer(key)
@@ -265,9 +273,27 @@ def snapshot(key: Key) -> Inputs | None:
     pods = sorted(RT.indexes.get("pod_index", {}).get(key, ()), key=lambda p: p["metadata"]["name"])
     presets_idx = RT.indexes.get("preset_index", {})
     presets = {p: _first(presets_idx.get(p)) for p in presets_needed(tj)}
+    if key not in RT.admission and not ((tj.get("status") or {}).get("queue") or {}).get("pool"):
+        decided = first_sight(tj)
+        if decided is not None:
+            RT.admission[key] = decided
+            if "position" in decided:
+                RT.position_written[key] = time.monotonic()
     return Inputs(key=key, tj=tj, jobs=jobs, pods=list(pods), presets=presets,
                   admission=RT.admission.get(key), refusal=RT.refusals.get(key),
                   ensure_rbac=CFG.manage_worker_rbac and key[0] not in RT.rbac_ready)
+
+
+def first_sight(tj: Obj) -> Obj | None:
+    """Admission's answer for a job not queued yet, so its first status write is already right (queue.first_sight).
+    The overlay in RT.admission holds the slot until the job's status shows it."""
+    spec = tj.get("spec") or {}
+    if spec.get("suspend") or spec.get("cancel") or (tj.get("status") or {}).get("phase"):
+        return None
+    accelerator = (spec.get("accelerator") or {}).get("type") or DEFAULT_ACCELERATOR
+    pool = pool_for(spec.get("pool"), accelerator, CFG.scheduling)
+    return queue.first_sight(tj["metadata"]["namespace"], pool, RT.pools, CFG.scheduling,
+                             rfc3339_precise(dt.datetime.now(dt.UTC)))
 
 
 def execute(inp: Inputs) -> Outcome:
@@ -300,10 +326,11 @@ def execute(inp: Inputs) -> Outcome:
             out.deleted_jobs.append(action.name)
         if isinstance(action, DeletePod):
             metrics.STALLS.inc()
-    if result.status_patch:
-        out.body = k.patch_status(namespace, name, result.status_patch)
+    # The label first: once status says Failed, a selector on the failure category already finds the job.
     if result.labels_patch:
         out.body = k.patch_labels(namespace, name, result.labels_patch)
+    if result.status_patch:
+        out.body = k.patch_status(namespace, name, result.status_patch)
     for event in result.events:
         k.post_event(tj, event)
     if any(isinstance(a, DeleteTranscodeJob) for a in result.actions):
@@ -317,9 +344,8 @@ def absorb(inp: Inputs, out: Outcome) -> None:
     key = inp.key
     tj = inp.tj
     uid = tj["metadata"]["uid"]
-    current = RT.bodies.get(key)
-    if current is not None and current["metadata"].get("uid") == uid and out.body is not None:
-        RT.bodies[key] = cache.newest(current, cache.strip(out.body)) or current
+    if out.body is not None:
+        RT.bodies.put_newer(key, out.body)
     if out.jobs or out.deleted_jobs:
         written = RT.written_jobs.setdefault(key, {})
         for name in out.deleted_jobs:
@@ -328,6 +354,10 @@ def absorb(inp: Inputs, out: Outcome) -> None:
         written.update({n: (stamp, o) for n, o in out.jobs.items()})
     if out.rbac_ready:
         RT.rbac_ready.add(key[0])
+    pending = RT.admission.get(key)
+    if inp.admission is not None and pending is inp.admission \
+            and not cache.decision_written({"status": out.status}, inp.admission):
+        del RT.admission[key]  # the plan did not take it (a pool it does not run in, a suspend): the pass decides
     result = out.plan
     old_phase = (tj.get("status") or {}).get("phase")
     if result.phase in TERMINAL:
@@ -401,10 +431,8 @@ async def deliverer() -> None:
                     continue
                 body, status = await loop.run_in_executor(RT.delivery_executor, deliver_due, kube(), tj,
                                                           dict(tj.get("status") or {}))
-                current = RT.bodies.get(key)
-                if body is not None and current is not None \
-                        and current["metadata"].get("uid") == tj["metadata"].get("uid"):
-                    RT.bodies[key] = cache.newest(current, cache.strip(body)) or current
+                if body is not None and key in RT.bodies:
+                    RT.bodies.put_newer(key, body)
                     RT.queue.add(key)  # retention waits for pending deliveries; runs after the release
                 schedule_delivery(key, status)
             finally:
@@ -509,10 +537,14 @@ def admission_pass(now: dt.datetime) -> None:
             log.info("refusing %s/%s: %s", *key, message)
             RT.refusals[key] = (REASON_QUOTA_EXCEEDED, message)
             RT.queue.add(key)
+    RT.pools = PoolView(running=Counter(decision.running), waiting=Counter(decision.queued))
     for key in decision.admit:
         log.info("admitting %s/%s", *key)
         RT.admission[key] = {"admittedTime": rfc3339_precise(now), "position": None, "reason": None}
+        RT.position_written.pop(key, None)
         RT.queue.add(key)
-    for key, (position, reason) in decision.positions.items():
+    stamp = time.monotonic()
+    for key, (position, reason) in queue.positions_due(decision, RT.position_written, stamp).items():
         RT.admission[key] = {"position": position, "reason": reason}
+        RT.position_written[key] = stamp
         RT.queue.add(key)

@@ -10,6 +10,7 @@ maxQueued and maxPerDay refuse (QuotaExceeded) rather than leave a job waiting f
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ Key = tuple[str, str]  # (namespace, name)
 REASON_POOL_CAPACITY = "PoolCapacity"
 REASON_NAMESPACE_CONCURRENCY = "NamespaceConcurrency"
 DAY = dt.timedelta(days=1)
+# A waiting job's position is rewritten at most this often (unless it enters or leaves the first max_positions,
+# or its reason changes): every admission moves every position behind it, and each move is a status write.
+POSITION_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Decision:
     refuse: dict[Key, str] = field(default_factory=dict)  # key -> message
     queued: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
     running: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
+    previous: dict[Key, tuple[int | None, str | None]] = field(default_factory=dict)  # of the jobs in positions
 
 
 def decide(tjs: list[Obj], sched: Scheduling, now: dt.datetime) -> Decision:
@@ -110,6 +115,7 @@ def decide(tjs: list[Obj], sched: Scheduling, now: dt.datetime) -> Decision:
         position = place[e.pool] if place[e.pool] <= sched.max_positions else None
         if (e.position, e.reason) != (position, reason):
             out.positions[e.key] = (position, reason)
+            out.previous[e.key] = (e.position, e.reason)
     out.queued = place
     out.running = used
     return out
@@ -138,3 +144,45 @@ def _refusals(entries: list[Entry], sched: Scheduling, now: dt.datetime) -> dict
                 refuse[e.key] = (f"namespace {ns} allows {quota.max_queued} queued TranscodeJobs (maxQueued); "
                                  f"{len(queued)} are waiting")
     return refuse
+
+
+def positions_due(decision: Decision, last_written: dict[Key, float], now: float,
+                  refresh: float = POSITION_REFRESH_SECONDS) -> dict[Key, tuple[int | None, str]]:
+    """The position changes worth a status write now (`now`, `last_written`: monotonic seconds): a new reason,
+    a job entering or leaving the numbered places, or a position last written `refresh` seconds ago or more.
+    The rest wait for a later pass, which recomputes them."""
+    due: dict[Key, tuple[int | None, str]] = {}
+    for key, (position, reason) in decision.positions.items():
+        old_position, old_reason = decision.previous.get(key, (None, None))
+        if reason != old_reason or (position is None) != (old_position is None) \
+                or now - last_written.get(key, -math.inf) >= refresh:
+            due[key] = (position, reason)
+    return due
+
+
+@dataclass
+class PoolView:
+    """Pool occupancy as of the last admission pass, plus what first sight took since (on the event loop)."""
+
+    running: Counter[str] = field(default_factory=Counter)
+    waiting: Counter[str] = field(default_factory=Counter)
+
+
+def first_sight(namespace: str, pool: str, view: PoolView, sched: Scheduling, now: str) -> Obj | None:
+    """status.queue keys for a job the operator sees for the first time, so its first write is already right:
+    admitted at once when its pool has a free slot and nobody waits there (no one is overtaken), else queued
+    behind the waiting ones with a provisional place (the next pass corrects it if a priority says otherwise).
+    None when the pass must decide (namespace quotas, kueue, an unknown pool). Updates `view` for what it took."""
+    quota = sched.quota(namespace)
+    if sched.mode != "builtin" or pool not in sched.pools \
+            or (quota.max_concurrent, quota.max_queued, quota.max_per_day) != (None, None, None):
+        return None
+    if view.running[pool] < sched.pools[pool].capacity:
+        if view.waiting[pool]:
+            return None  # a free slot while jobs wait: a namespace limit holds them; the pass knows which
+        view.running[pool] += 1
+        return {"pool": pool, "admittedTime": now}
+    view.waiting[pool] += 1
+    place = view.waiting[pool]
+    return {"pool": pool, "position": place if place <= sched.max_positions else None,
+            "reason": REASON_POOL_CAPACITY}

@@ -31,12 +31,15 @@ from transkube_api.presets import PresetError, resolve_output
 from transkube_api.scope import check_spec
 
 from . import conditions, history
-from .config import OperatorConfig
+from .config import OperatorConfig, Scheduling
 from .jobspec import Accelerator, Owner, build_cleanup_job, build_job, cleanup_job_name, job_name
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 # Why a job waits, shown in status.reason (and the wide Reason column) while Pending.
+# Status keys written only along with a change that matters (see _piggyback).
+PIGGYBACK = frozenset({"attemptHistory", "attempts", "startTime"})
+WAITING_FOR_POD = ("Pending", "waiting for the worker pod to start")  # status.reason and message
 PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff", REASON_STALLED)
 OPERATOR_KEYS = ("observedGeneration", "phase", "reason", "message", "conditions", "attempts", "jobName",
                  "accelerator", "startTime", "completionTime", "resolvedOutputs", "presets", "queue",
@@ -303,9 +306,10 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
     # ---- the admission queue
     sched = cfg.scheduling
     queue: Obj = dict(desired.get("queue") or {})
-    if admission and queue.get("pool"):  # decided for the queued job it saw; a fresh one is not queued yet
+    pool = queue.get("pool") or pool_for(spec.pool, effective, sched)
+    # Decided for the queued job it saw, or at first sight for this pool (queue.first_sight).
+    if admission and (queue.get("pool") or admission.get("pool") == pool):
         queue = {k: v for k, v in {**queue, **admission}.items() if v is not None}
-    pool = queue.get("pool") or spec.pool or sched.default_pools.get(effective, effective)
     if pool not in sched.pools:
         return _finish(tj, Plan(phase="Failed", actions=actions), desired, "Failed", REASON_POOL_NOT_FOUND,
                        f"pool {pool!r} is not configured (pools: {', '.join(sorted(sched.pools))})", now_s,
@@ -356,14 +360,20 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         manifest = build_job(owner, spec, cfg, effective, pool=pool, round_=round_,
                              suspend=True if kueue else hold)
         actions.append(CreateJob(manifest))
-        if status.get("jobName") != name or fresh:
+        # A Job held for the queue is news when it is admitted (the Admitted event names it), not now: one Event
+        # fewer per queued job, which matters when a catalog of them is applied at once.
+        if (status.get("jobName") != name or fresh) and (admitted or kueue):
             events.append(Event("Normal", "JobCreated", f"created Job {name} ({effective}, pool {pool})"))
         desired["jobName"] = name
         desired["attempts"] = status.get("attempts") or 0
         phase = "Suspended" if spec.suspend else ("Pending" if admitted else "Queued")
         p = Plan(phase=phase, actions=actions, events=events, wake_at=wake_at)
-        return _finish(tj, p, desired, phase, None if phase == "Suspended" else "JobCreated", None, now_s,
-                       reset_progress=fresh)
+        if phase == "Queued":  # as the reconcile after the Job exists would write it: no second write for it
+            reason, message = _queued(queue, pool, spec.priority)
+            return _finish(tj, p, desired, phase, reason, message, now_s, reset_progress=fresh)
+        if phase == "Pending":
+            return _finish(tj, p, desired, phase, *WAITING_FOR_POD, now_s, reset_progress=fresh)
+        return _finish(tj, p, desired, phase, None, None, now_s, reset_progress=fresh)
 
     desired["jobName"] = name
     attempts = max(int(status.get("attempts") or 0), attempt_log[-1]["attempt"] if attempt_log else 0)
@@ -409,14 +419,11 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
                 why = (f"the GPU pool {pool} admitted no slot within {spec.accelerator.fallback_after_seconds}s "
                        "(no GPU node took the job)")
                 return _fall_back_to_cpu(tj, owner, spec, cfg, desired, actions, events, name, round_, why, now_s)
-        where = f"pool {pool}" + (f", position {queue['position']}" if queue.get("position") else "")
-        why = {"PoolCapacity": "the pool is at capacity",
-               "NamespaceConcurrency": "the namespace is at its maxConcurrent"}.get(queue.get("reason") or "",
-                                                                                      "waiting for admission")
-        return _finish(tj, Plan(phase="Queued", actions=actions, events=events), desired, "Queued",
-                       queue.get("reason") or "Queued", f"{where} (priority {spec.priority}): {why}", now_s)
+        reason, message = _queued(queue, pool, spec.priority)
+        return _finish(tj, Plan(phase="Queued", actions=actions, events=events), desired, "Queued", reason,
+                       message, now_s)
     if old_phase == "Queued":
-        events.append(Event("Normal", "Admitted", f"admitted to pool {pool}"))
+        events.append(Event("Normal", "Admitted", f"admitted to pool {pool}: Job {name} starts"))
 
     current = [p for p in job_pods if not p["metadata"].get("deletionTimestamp")
                and (p.get("status") or {}).get("phase") in ("Pending", "Running")]
@@ -442,10 +449,13 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
             pod = running[0]
             events.append(Event("Normal", "Started",
                                 f"worker pod {pod['metadata']['name']} running on {pod['spec'].get('nodeName')}"))
-        return _finish(tj, Plan(phase="Running", actions=actions, events=events, wake_at=wake_at), desired,
-                       "Running", "Running", None, now_s)
+        p = _finish(tj, Plan(phase="Running", actions=actions, events=events, wake_at=wake_at), desired,
+                    "Running", "Running", None, now_s)
+        # The worker exited 0 and the Job controller is about to mark the Job Complete: the attempt's finish
+        # rides in that write instead of a write of its own.
+        return _piggyback(p, status) if finishing and not running else p
 
-    reason, message = "Pending", "waiting for the worker pod to start"
+    reason, message = WAITING_FOR_POD
     previous = history.last_failure(attempt_log, round_)
     stalled_before = bool(previous and previous.get("failureClass") == "Stalled") and not current
     if not current and previous and previous.get("counted"):
@@ -464,8 +474,10 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         if effective == "nvidia" and spec.accelerator.fallback == "cpu" and created:
             due = created + dt.timedelta(seconds=spec.accelerator.fallback_after_seconds)
             wake_at = due if wake_at is None or due < wake_at else wake_at
-    return _finish(tj, Plan(phase="Pending", actions=actions, events=events, wake_at=wake_at), desired, "Pending",
-                   reason, message, now_s, stalled=stalled_before)
+    # A worker pod that does not run yet is news when it runs, fails or cannot be scheduled, each a write of
+    # its own that carries the attempt's record too.
+    return _piggyback(_finish(tj, Plan(phase="Pending", actions=actions, events=events, wake_at=wake_at), desired,
+                              "Pending", reason, message, now_s, stalled=stalled_before), status)
 
 
 def _fall_back_to_cpu(tj: Obj, owner: Owner, spec: TranscodeJobSpec, cfg: OperatorConfig, desired: Obj,
@@ -580,6 +592,35 @@ def _failure_reason(failed: Obj, pods: list[Obj], last: Obj | None) -> tuple[str
     if from_pod:
         return from_pod
     return job_reason, str(failed.get("message") or "")
+
+
+def pool_for(spec_pool: str | None, accelerator: str, sched: Scheduling) -> str:
+    """The pool a job queues in: spec.pool, else the default pool of the accelerator it runs on."""
+    return spec_pool or sched.default_pools.get(accelerator, accelerator)
+
+
+def _piggyback(p: Plan, status: Obj) -> Plan:
+    """Drops a status patch that only records an attempt starting, or ending well: both are recomputed from the
+    pod (a worker that started or succeeded stays until its Job goes) and written with the next change that
+    matters, so a job costs one write per state. An attempt that ended otherwise is written at once: its pod
+    may be gone (an eviction deletes it) before anything else changes."""
+    if not p.status_patch or not set(p.status_patch) <= PIGGYBACK or p.events or p.actions:
+        return p
+    old = {e.get("attempt"): e for e in status.get("attemptHistory") or []}
+    for entry in p.status_patch.get("attemptHistory") or []:
+        if entry != old.get(entry.get("attempt")) and entry.get("finishTime") and entry.get("reason") != "Succeeded":
+            return p
+    p.status_patch = {}
+    return p
+
+
+def _queued(queue: Obj, pool: str, priority: int) -> tuple[str, str]:
+    """status.reason and message of a job waiting for admission."""
+    where = f"pool {pool}" + (f", position {queue['position']}" if queue.get("position") else "")
+    why = {"PoolCapacity": "the pool is at capacity",
+           "NamespaceConcurrency": "the namespace is at its maxConcurrent"}.get(queue.get("reason") or "",
+                                                                                  "waiting for admission")
+    return queue.get("reason") or "Queued", f"{where} (priority {priority}): {why}"
 
 
 def _dict_patch(old: Any, new: Any) -> Any:

@@ -97,3 +97,55 @@ def test_positions_are_written_only_when_they_change_and_only_near_the_head() ->
             tj("w2", pool="serial", ago=20), tj("w3", pool="serial", ago=10)]
     d = decide(jobs, sched, NOW)
     assert d.positions == {("a", "w2"): (2, "PoolCapacity"), ("a", "w3"): (None, "PoolCapacity")}
+
+
+# ---- cost per change: throttled positions and first sight ---------------------------------------------------
+
+def test_positions_move_with_every_admission_but_are_rewritten_at_most_every_refresh() -> None:
+    from transkube_operator.queue import positions_due
+
+    jobs = [tj("run1", admitted=True, ago=100), tj("run2", admitted=True, ago=90),
+            tj("w1", ago=50, reason="PoolCapacity", position=2), tj("w2", ago=40, reason="PoolCapacity", position=3)]
+    d = decide(jobs, SCHED, NOW)
+    assert d.positions == {("a", "w1"): (1, "PoolCapacity"), ("a", "w2"): (2, "PoolCapacity")}
+    written = {("a", "w1"): 100.0, ("a", "w2"): 70.0}
+    assert positions_due(d, written, now=105.0, refresh=30) == {("a", "w2"): (2, "PoolCapacity")}
+    assert positions_due(d, written, now=131.0, refresh=30) == d.positions
+
+
+def test_a_new_reason_or_a_numbered_place_gained_or_lost_is_written_at_once() -> None:
+    from transkube_operator.queue import positions_due
+
+    sched = Scheduling(pools={"cpu": Pool(1)}, aging_seconds=0, max_positions=1)
+    jobs = [tj("run", admitted=True, ago=100), tj("w1", ago=50, reason="PoolCapacity", position=None),
+            tj("w2", ago=40, reason="PoolCapacity", position=1), tj("w3", ago=30)]
+    d = decide(jobs, sched, NOW)
+    assert d.positions == {("a", "w1"): (1, "PoolCapacity"), ("a", "w2"): (None, "PoolCapacity"),
+                           ("a", "w3"): (None, "PoolCapacity")}
+    recent = dict.fromkeys(d.positions, 0.0)
+    assert positions_due(d, recent, now=1.0, refresh=30) == d.positions
+
+
+def test_first_sight_admits_into_a_free_slot_only_when_nobody_waits_and_counts_what_it_took() -> None:
+    from transkube_operator.queue import PoolView, first_sight
+
+    view = PoolView()
+    assert first_sight("a", "cpu", view, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
+    assert first_sight("a", "cpu", view, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
+    assert first_sight("a", "cpu", view, SCHED, "t") == {"pool": "cpu", "position": 1, "reason": "PoolCapacity"}
+    assert first_sight("b", "cpu", view, SCHED, "t") == {"pool": "cpu", "position": 2, "reason": "PoolCapacity"}
+    assert (view.running["cpu"], view.waiting["cpu"]) == (2, 2)
+
+
+def test_first_sight_leaves_quotas_kueue_unknown_pools_and_held_slots_to_the_pass() -> None:
+    from collections import Counter
+
+    from transkube_operator.queue import PoolView, first_sight
+
+    limited = Scheduling(pools={"cpu": Pool(2)}, quotas={"a": NamespaceQuota(max_concurrent=1)})
+    assert first_sight("a", "cpu", PoolView(), limited, "t") is None
+    assert first_sight("b", "cpu", PoolView(), limited, "t") is not None
+    assert first_sight("a", "cpu", PoolView(), Scheduling(pools={"cpu": Pool(2)}, mode="kueue"), "t") is None
+    assert first_sight("a", "nope", PoolView(), SCHED, "t") is None
+    held = PoolView(running=Counter(cpu=1), waiting=Counter(cpu=3))  # a namespace limit holds those three
+    assert first_sight("a", "cpu", held, SCHED, "t") is None

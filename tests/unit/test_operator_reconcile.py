@@ -383,3 +383,84 @@ def test_a_worker_that_exited_on_its_own_needs_no_cleanup() -> None:
     p = plan(tj({"retryLimit": 0}, {"phase": "Running"}), [failed_job], [failed], CFG, NOW)
     again = plan(tj({"retryLimit": 0}, {"phase": "Failed", **p.status_patch}), [failed_job], [failed], CFG, NOW)
     assert again.actions == [] and "cleanup" not in again.status_patch
+
+
+# ---- one status write per state change (issue 12: <= 10 requests per lifecycle) ----------------------------
+
+def test_a_fresh_job_queued_is_written_once_as_the_reconcile_after_its_job_would_write_it() -> None:
+    fresh = tj(admitted=False)
+    first = plan(fresh, [], [], CFG, NOW)
+    assert first.phase == "Queued"
+    assert first.events == []  # the held Job is news when admitted, not now
+    (create,) = first.actions
+    assert isinstance(create, CreateJob) and create.manifest["spec"]["suspend"] is True
+    written = tj(admitted=False, status=json.loads(json.dumps(first.status_patch)))
+    again = plan(written, [job(suspend=True)], [], CFG, NOW + dt.timedelta(seconds=1))
+    assert again.status_patch == {}
+
+
+def test_first_sight_admission_creates_the_job_released_in_one_write() -> None:
+    fresh = tj(admitted=False)
+    p = plan(fresh, [], [], CFG, NOW, admission={"pool": "cpu", "admittedTime": "2026-11-21T12:00:00.1Z"})
+    assert p.phase == "Pending"
+    (create,) = p.actions
+    assert isinstance(create, CreateJob) and not create.manifest["spec"].get("suspend")
+    assert p.status_patch["queue"]["admittedTime"] == "2026-11-21T12:00:00.1Z"
+    assert [e.reason for e in p.events] == ["JobCreated"]
+
+
+def test_first_sight_for_another_pool_is_not_taken() -> None:
+    p = plan(tj(admitted=False), [], [], CFG, NOW, admission={"pool": "gpu", "admittedTime": "x"})
+    assert p.phase == "Queued"
+    assert "admittedTime" not in p.status_patch["queue"]
+
+
+def test_a_first_sight_place_rides_in_the_first_write() -> None:
+    p = plan(tj(admitted=False), [], [], CFG, NOW,
+             admission={"pool": "cpu", "position": 3, "reason": "PoolCapacity"})
+    assert p.status_patch["queue"]["position"] == 3
+    assert p.status_patch["reason"] == "PoolCapacity"
+    assert "position 3" in p.status_patch["message"]
+
+
+def test_start_time_alone_is_not_a_write_but_rides_with_the_worker_running() -> None:
+    pending = plan(tj(), [], [], CFG, NOW)
+    settled = tj(status=json.loads(json.dumps(pending.status_patch)))
+    released = job(startTime="2026-11-21T12:00:01Z")
+    assert plan(settled, [released], [], CFG, NOW).status_patch == {}
+    assert plan(settled, [released], [pod("movie-a", "Pending")], CFG, NOW).status_patch == {}
+    running = plan(settled, [released], [pod("movie-a", "Running")], CFG, NOW)
+    assert running.phase == "Running"
+    assert running.status_patch["startTime"] == "2026-11-21T12:00:01Z"
+
+
+def test_a_worker_that_exited_0_waits_for_the_job_complete_write() -> None:
+    released = job(startTime="2026-11-21T12:00:01Z")
+    running = plan(tj(), [released], [pod("movie-a", "Running")], CFG, NOW)
+    settled = tj(status=json.loads(json.dumps(running.status_patch)))
+    exited = [pod("movie-a", "Succeeded", exit_code=0)]
+    finishing = plan(settled, [released], exited, CFG, NOW + dt.timedelta(seconds=5))
+    assert finishing.phase == "Running" and finishing.status_patch == {}
+    done = job(startTime="2026-11-21T12:00:01Z",
+               conditions_=[{"type": "Complete", "status": "True"}])
+    succeeded = plan(settled, [done], exited, CFG, NOW + dt.timedelta(seconds=6))
+    assert succeeded.phase == "Succeeded"
+    assert succeeded.status_patch["attemptHistory"][-1].get("finishTime")
+
+
+def test_an_attempt_that_ended_badly_is_written_at_once_its_pod_may_vanish() -> None:
+    released = job(startTime="2026-11-21T12:00:01Z")
+    running = plan(tj(), [released], [pod("movie-a", "Running")], CFG, NOW)
+    terminating = pod("movie-a", "Running")
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-21T12:00:03Z"
+    status = json.loads(json.dumps(running.status_patch))
+    going = plan(tj(status=status), [released], [terminating], CFG, NOW + dt.timedelta(seconds=3))
+    assert going.phase == "Pending"
+    settled = tj(status={**status, **json.loads(json.dumps(going.status_patch))})
+    evicted = pod("movie-a", "Failed", exit_code=143, message="evicted")
+    evicted["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "EvictionByEvictionAPI"}]
+    after = plan(settled, [released], [evicted], CFG, NOW + dt.timedelta(seconds=5))
+    assert after.events == [] and after.phase == "Pending"
+    first = after.status_patch["attemptHistory"][0]
+    assert first["finishTime"] and first["reason"] != "Succeeded"

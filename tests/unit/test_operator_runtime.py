@@ -161,3 +161,28 @@ def test_hold_keeps_workers_off_a_key_and_release_requeues_it() -> None:
         again, _ = await q.get()
         assert again == "a"
     asyncio.run(run())
+
+
+def test_bodies_keep_compact_json_and_take_only_newer_copies_of_the_same_object() -> None:
+    from transkube_operator.cache import Bodies
+
+    def body(uid: str, rv: str, phase: str) -> dict[str, object]:
+        return {"metadata": {"name": "a", "namespace": "n", "uid": uid, "resourceVersion": rv,
+                             "managedFields": [{"manager": "kubectl"}]}, "status": {"phase": phase}}
+
+    bodies = Bodies()
+    bodies.put(("n", "a"), body("u1", "10", "Queued"))
+    assert ("n", "a") in bodies and len(bodies) == 1
+    assert bodies.identity(("n", "a")) == ("u1", 10)
+    got = bodies.get(("n", "a"))
+    assert got is not None and got["status"] == {"phase": "Queued"}
+    assert "managedFields" not in got["metadata"]
+    got["status"]["phase"] = "changed"  # a decoded copy: the kept body does not change with it
+    assert bodies.get(("n", "a"))["status"] == {"phase": "Queued"}  # type: ignore[index]
+    bodies.put_newer(("n", "a"), body("u1", "9", "Stale"))
+    bodies.put_newer(("n", "a"), body("u2", "99", "OtherObject"))
+    assert bodies.get(("n", "a"))["status"] == {"phase": "Queued"}  # type: ignore[index]
+    bodies.put_newer(("n", "a"), body("u1", "11", "Pending"))
+    assert bodies.identity(("n", "a")) == ("u1", 11)
+    bodies.pop(("n", "a"))
+    assert bodies.get(("n", "a")) is None and bodies.identity(("n", "a")) is None
