@@ -43,7 +43,7 @@ from transkube_api.constants import (
 )
 from transkube_api.models import AcceleratorSpec
 
-from . import cache, delivery, metrics, queue, webhooks
+from . import cache, delivery, k8s, metrics, queue, webhooks
 from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
@@ -75,7 +75,7 @@ POLICY = delivery.DeliveryPolicy(allowed_cidrs=CFG.webhooks.allowed_cidrs, allow
                                  total_timeout=CFG.webhooks.timeout_seconds,
                                  connect_timeout=min(5.0, CFG.webhooks.timeout_seconds),
                                  max_response_bytes=CFG.webhooks.max_response_bytes)
-WORKERS = 8  # reconciles in flight at once (threads: the Kubernetes client blocks)
+WORKERS = 16  # reconciles in flight at once (threads: the Kubernetes client blocks on the API server's answers)
 DELIVERERS = 4  # webhook POSTs in flight at once, apart from reconciles: a slow receiver delays only its own
 ADMISSION_MIN_INTERVAL = 0.5  # seconds between two admission passes, however many events poke it
 ADMISSION_MAX_INTERVAL = 5.0  # a pass at least this often while jobs wait (aging); in memory, no API calls
@@ -162,7 +162,7 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
             kube_config.load_kube_config()
-        RT.kube = Kube()
+        RT.kube = Kube(k8s.api_client(WORKERS + DELIVERERS))
         RT.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="reconcile")
         RT.delivery_executor = ThreadPoolExecutor(DELIVERERS, thread_name_prefix="deliver")
         RT.tasks = [asyncio.create_task(RT.queue.run_timers(), name="timers"),

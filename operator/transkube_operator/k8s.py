@@ -71,6 +71,14 @@ class CountingApiClient(client.ApiClient):  # type: ignore[misc]
         return response
 
 
+def api_client(connections: int) -> CountingApiClient:
+    """A client from the loaded kubeconfig with a connection pool for `connections` threads at once (the default,
+    five per CPU, makes the threads beyond it open and close a connection per request)."""
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = connections
+    return CountingApiClient(configuration)
+
+
 class Kube:
     def __init__(self, api: client.ApiClient | None = None):
         self.api = api or CountingApiClient()
