@@ -181,6 +181,9 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
                     "--force-conflicts", "-f", str(chart / "crds")], check=True, capture_output=True, timeout=60)
     helm("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
          "--set", f"storage.endpoint={cluster.s3.endpoint}",
+         # One operator replica: the dev node agent runs pods on the host's network, where replicas would share
+         # ports. test_leader.py scales to two to test leader election.
+         "--set", "operator.replicas=1",
          "--set", f"operator.livenessPort={installed.liveness_port}",
          "--set", f"operator.metricsPort={installed.metrics_port}",
          "--set", f"shim.port={installed.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",
