@@ -166,6 +166,20 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
     logger.info("transkube operator started: worker image %s, metrics on :%d", CFG.worker_image, CFG.metrics_port)
 
 
+@kopf.on.cleanup()
+async def cleanup(logger: Log, **_: Any) -> None:
+    """On a graceful stop (SIGTERM): stop our loops and wait for the writes already in flight, so that when
+    main() then releases the leader Lease no reconcile of ours is still running (and kopf need not wait
+    5 s for tasks it does not know)."""
+    for task in RT.tasks:
+        task.cancel()
+    await asyncio.gather(*RT.tasks, return_exceptions=True)
+    for executor in (RT.executor, RT.delivery_executor):
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+    logger.info("transkube operator stopped its workers")
+
+
 # ---- events: each one is a key in the work queue ---------------------------------------------------------
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

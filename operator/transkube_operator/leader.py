@@ -177,9 +177,10 @@ class HealthServer:
     """/healthz while standing by, so a standby passes its liveness probe; closed before kopf takes the port.
 
     On a real cluster every pod has its own network. On the dev cluster pods share the host's, so a surge pod
-    may find the port still held by the pod it replaces: it then keeps trying to bind instead of crashing."""
+    may find the port still held by the pod it replaces: it then serves no /healthz while it waits (the dev node
+    agent runs no probes) rather than crash or take the port the next leader's kopf needs."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, identity: str):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 ok = self.path.split("?")[0] == "/healthz"
@@ -191,33 +192,18 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.handler, self.port = Handler, port
         self.server: http.server.ThreadingHTTPServer | None = None
-        self.closed = threading.Event()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._serve, name="standby-healthz", daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.closed.is_set():
-            with self.lock:
-                if self.closed.is_set():
-                    return
-                try:
-                    self.server = http.server.ThreadingHTTPServer(("0.0.0.0", self.port), self.handler)  # noqa: S104
-                except OSError:
-                    self.server = None
-            if self.server is not None:
-                self.server.serve_forever(poll_interval=0.2)
-                return
-            self.closed.wait(1.0)
+        try:
+            self.server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 (pod network)
+        except OSError as e:
+            log_event("leader election: standby /healthz not served", identity, error=str(e))
+            return
+        threading.Thread(target=self.server.serve_forever, name="standby-healthz", daemon=True).start()
 
     def close(self) -> None:
-        with self.lock:
-            self.closed.set()
-            server = self.server
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 class Elector:

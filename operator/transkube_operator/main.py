@@ -53,7 +53,7 @@ def stand_by(cfg: OperatorConfig, liveness_port: int) -> leader.Elector | None:
     except kube_config.ConfigException:
         kube_config.load_kube_config()
     elector = leader.Elector(cfg.leader_election, leader.default_identity(cfg.pod_name))
-    health = leader.HealthServer(liveness_port)
+    health = leader.HealthServer(liveness_port, elector.identity)
     try:
         elector.acquire()
     finally:

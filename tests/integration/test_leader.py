@@ -1,0 +1,261 @@
+"""Two operator replicas and leader election on the local cluster: a standby takes over within 15 s of the
+leader being SIGKILLed, takes over at once when the leader stops gracefully, and two replicas never lead at once.
+
+The dev node agent runs pods on the host's network, where two replicas of the chart's Deployment would share
+their ports. So the second replica is the chart's own Deployment copied under another name with other ports:
+same pod template, image, ServiceAccount, RBAC and Lease.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transkube_dev.cluster import ClusterState
+from transkube_dev.kube import Kube, Obj
+
+from .conftest import OPERATOR_NS, InstalledOperator, phase_of, tj_path, wait_for
+
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NS}/leases/transkube-operator"
+PODS = f"/api/v1/namespaces/{OPERATOR_NS}/pods"
+SELECTOR = "app.kubernetes.io/component=operator"
+TAKEOVER_LIMIT = 15.0  # the issue's bound
+BUCKET = "transkube"
+
+
+def operator_pods(kube: Kube) -> list[Obj]:
+    return [p for p in kube.get(PODS, labelSelector=SELECTOR)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def container_dir(cluster: ClusterState, pod: Obj) -> Path:
+    meta = pod["metadata"]
+    return Path(cluster.dir) / "agent" / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / \
+        "containers" / "operator"
+
+
+@dataclass(frozen=True)
+class LeaderEvent:
+    message: str
+    identity: str
+    monotonic: float
+    pod: str
+
+
+def leader_events(cluster: ClusterState, pods: list[Obj]) -> list[LeaderEvent]:
+    """The `leader ...` JSON lines every incarnation of these pods logged, in monotonic order (one host, one
+    monotonic clock for all processes)."""
+    out = []
+    for pod in pods:
+        log = container_dir(cluster, pod) / "log"
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            if not line.startswith("{") or '"identity"' not in line:
+                continue
+            try:
+                raw = json.loads(line)
+            except ValueError:
+                continue
+            if str(raw.get("message", "")).startswith("leader"):
+                out.append(LeaderEvent(raw["message"], raw["identity"], float(raw["monotonic"]),
+                                       pod["metadata"]["name"]))
+    return sorted(out, key=lambda e: e.monotonic)
+
+
+def holder(kube: Kube) -> str:
+    return str((kube.get(LEASE).get("spec") or {}).get("holderIdentity") or "")
+
+
+class LeaseRecorder:
+    """Polls the Lease in the background: the history of (holder, acquireTime, renewTime, transitions)."""
+
+    def __init__(self, kube: Kube):
+        self.kube, self.stop = kube, threading.Event()
+        self.seen: list[tuple[str, str | None, str | None, int]] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            try:
+                spec = self.kube.get(LEASE)["spec"]
+            except Exception:  # noqa: S112 (a missed sample is fine)
+                continue
+            entry = (spec.get("holderIdentity") or "", spec.get("acquireTime"), spec.get("renewTime"),
+                     int(spec.get("leaseTransitions") or 0))
+            if not self.seen or self.seen[-1] != entry:
+                self.seen.append(entry)
+
+    def __enter__(self) -> LeaseRecorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def wall(rfc3339: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def assert_never_two_leaders(events: list[LeaderEvent], ends: dict[str, float], since: float) -> None:
+    """Leadership intervals from the replicas' own logs: each `leader acquired` .. `leader lost` (or the moment
+    the test SIGKILLed it, or now), for every incarnation leading at or after `since`. They must not overlap."""
+    now = time.monotonic()
+    starts = {e.identity: e.monotonic for e in events if e.message == "leader acquired"}
+    for e in events:
+        if e.message == "leader lost":
+            ends.setdefault(e.identity, e.monotonic)
+    intervals = sorted((start, ends.get(identity, now), identity) for identity, start in starts.items()
+                       if ends.get(identity, now) >= since)
+    for (_, end_a, a), (start_b, _, b) in itertools.pairwise(intervals):
+        assert start_b > end_a, f"{b} acquired at {start_b:.3f} while {a} led until {end_a:.3f}: {intervals}"
+    # Only the incarnation leading now may have no end.
+    assert sum(1 for *_, identity in intervals if identity not in ends) <= 1, intervals
+
+
+DEPLOYMENTS = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments"
+SECOND = "transkube-operator-b"
+
+
+def second_replica(chart_deployment: Obj, liveness_port: int, metrics_port: int) -> Obj:
+    """The chart's operator Deployment, copied under another name with other ports: a second replica of the
+    same pod template (same image, env, ServiceAccount and Lease) that doesn't collide on the host network."""
+    template = json.loads(json.dumps(chart_deployment["spec"]["template"]))
+    labels = {**template["metadata"]["labels"], "app.kubernetes.io/instance": "transkube-b"}
+    template["metadata"] = {"labels": labels}
+    container = template["spec"]["containers"][0]
+    ports = {"TRANSKUBE_LIVENESS_PORT": liveness_port, "TRANSKUBE_METRICS_PORT": metrics_port}
+    for env in container["env"]:
+        if env["name"] in ports:
+            env["value"] = str(ports[env["name"]])
+    container["ports"] = [{"name": "healthz", "containerPort": liveness_port},
+                          {"name": "metrics", "containerPort": metrics_port}]
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": SECOND, "namespace": OPERATOR_NS, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {
+                "app.kubernetes.io/instance": "transkube-b", "app.kubernetes.io/component": "operator"}},
+                "template": template}}
+
+
+@pytest.fixture
+def two_replicas(operator: InstalledOperator, kube: Kube) -> Iterator[None]:
+    from transkube_dev import procs
+
+    chart_deployment = kube.get(f"{DEPLOYMENTS}/transkube-operator")
+    kube.create(DEPLOYMENTS, second_replica(chart_deployment, procs.free_port(), procs.free_port()))
+    try:
+        wait_for("two operator pods running", lambda: len([
+            p for p in operator_pods(kube) if p["status"].get("phase") == "Running"]) == 2, timeout=120)
+        yield
+    finally:
+        kube.delete(f"{DEPLOYMENTS}/{SECOND}", {"apiVersion": "v1", "kind": "DeleteOptions",
+                                                "propagationPolicy": "Foreground"})
+        wait_for("one operator pod", lambda: len(operator_pods(kube)) == 1, timeout=120)
+        wait_for("the chart's replica leads", lambda: holder(kube).startswith(
+            operator_pods(kube)[0]["metadata"]["name"] + "_"), timeout=60)
+
+
+def leader_pod(kube: Kube) -> tuple[Obj, str]:
+    identity = holder(kube)
+    pod = next(p for p in operator_pods(kube) if identity.startswith(p["metadata"]["name"] + "_"))
+    return pod, identity
+
+
+def standing_by(cluster: ClusterState, pod: Obj, since: float) -> bool:
+    """The pod's current process has come up and is waiting for the Lease."""
+    return any(e.message == "leader election: standing by" and e.monotonic >= since
+               for e in leader_events(cluster, [pod]))
+
+
+def small_job(s3: Any, tmp_path: Path, name: str) -> Obj:
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", "testsrc2=size=320x240:rate=25", "-t", "1", "-c:v", "libx264", "-preset", "ultrafast",
+                    str(clip)], check=True, timeout=60)
+    key = f"inputs/{uuid.uuid4().hex}/clip.mp4"
+    s3.upload_file(str(clip), BUCKET, key)
+    return {"apiVersion": "media.transkube.dev/v1alpha1", "kind": "TranscodeJob", "metadata": {"name": name},
+            "spec": {"input": {"uri": f"s3://{BUCKET}/{key}"},
+                     "outputs": [{"name": "web", "uri": f"s3://{BUCKET}/outputs/{uuid.uuid4().hex}/web.mp4",
+                                  "container": "mp4", "video": {"codec": "h264", "resolution": "240p"}}]}}
+
+
+def test_standby_takes_over_within_15s_of_a_sigkill_and_soon_on_sigterm(
+        two_replicas: None, kube: Kube, cluster: ClusterState, tj_namespace: str, s3: Any, tmp_path: Path) -> None:
+    since = time.monotonic()
+    pods = operator_pods(kube)
+    wait_for("a leader", lambda: any(holder(kube).startswith(p["metadata"]["name"] + "_") for p in pods), timeout=60)
+    old_pod, old_identity = leader_pod(kube)
+    standby = next(p for p in pods if p["metadata"]["name"] != old_pod["metadata"]["name"])
+    wait_for("the standby waiting for the Lease", lambda: standing_by(cluster, standby, 0), timeout=60)
+    transitions = int(kube.get(LEASE)["spec"].get("leaseTransitions") or 0)
+    ends: dict[str, float] = {}
+
+    with LeaseRecorder(kube) as lease:
+        # SIGKILL: no release, no goodbye; the standby must wait the lease out.
+        pid = int((container_dir(cluster, old_pod) / "pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        ends[old_identity] = killed_at
+        new_identity = wait_for("the standby leads", lambda: (h := holder(kube)) not in ("", old_identity) and h,
+                                timeout=30, interval=0.1)
+        assert new_identity.startswith(standby["metadata"]["name"] + "_")
+        acquired = next(e for e in leader_events(cluster, [standby])
+                        if e.identity == new_identity and e.message == "leader acquired")
+        takeover = acquired.monotonic - killed_at
+        print(f"takeover after SIGKILL: {takeover:.2f} s")
+        assert 0 < takeover < TAKEOVER_LIMIT
+
+        # A job submitted after the takeover is reconciled by the new leader and succeeds.
+        kube.create(tj_path(tj_namespace), small_job(s3, tmp_path, "after-takeover"))
+        wait_for("after-takeover succeeded", lambda: phase_of(kube, tj_namespace, "after-takeover") == "Succeeded",
+                 timeout=180)
+
+        # The killed pod comes back (the node agent restarts the container) as a standby, and stays one.
+        wait_for("the killed replica back as a standby", lambda: standing_by(cluster, old_pod, killed_at), timeout=60)
+        assert holder(kube) == new_identity
+
+        # SIGTERM (the pod deleted): the leader releases the Lease after kopf stops; the other takes it at once.
+        leader_now, _ = leader_pod(kube)
+        kube.delete(f"{PODS}/{leader_now['metadata']['name']}")
+        deleted_at = time.monotonic()
+        # The restarted standby, or the Deployment's replacement pod, whichever asks first.
+        third = wait_for("another replica leads", lambda: (h := holder(kube)) not in ("", new_identity) and h,
+                         timeout=30, interval=0.1)
+        handover = time.monotonic() - deleted_at
+        print(f"handover after SIGTERM: {handover:.2f} s")
+        assert handover < TAKEOVER_LIMIT
+        time.sleep(1)
+
+    released = [e for e in leader_events(cluster, [standby]) if e.message == "leader lost"]
+    assert [e.identity for e in released] == [new_identity]
+
+    # Never two leaders, from the replicas' own logs (every operator pod, the replacement included).
+    every_pod = {p["metadata"]["uid"]: p for p in [old_pod, standby, *operator_pods(kube)]}
+    assert_never_two_leaders(leader_events(cluster, list(every_pod.values())), ends, since)
+
+    # ... and from the Lease's history: one transition per takeover. The killed leader's last renewal was at
+    # least renewDeadline before the new leader's acquireTime, so it had fenced itself by then.
+    spec = kube.get(LEASE)["spec"]
+    assert int(spec["leaseTransitions"]) == transitions + 2, lease.seen
+    holders = [h for h, *_ in lease.seen if h]  # "" between the release and the next acquire
+    assert [h for i, h in enumerate(holders) if i == 0 or h != holders[i - 1]] == \
+        [old_identity, new_identity, third], lease.seen
+    last_old = max(wall(r) for h, _, r, _ in lease.seen if h == old_identity and r)
+    new_acquire = next(wall(a) for h, a, _, _ in lease.seen if h == new_identity and a)
+    election = json.loads(next(e["value"] for e in kube.get(
+        f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/transkube-operator")["spec"]["template"]["spec"][
+        "containers"][0]["env"] if e["name"] == "TRANSKUBE_LEADER_ELECTION"))
+    assert new_acquire - last_old >= election["renewDeadlineSeconds"], lease.seen
