@@ -133,7 +133,10 @@ def test_chart_renders_the_lease_settings_the_operator_reads(monkeypatch: pytest
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert any(d["kind"] == "PodDisruptionBudget" for d in docs)
+    pdb = next(d for d in rendered() if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "rel-operator")
+    assert pdb["spec"]["minAvailable"] == 1
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TRANSKUBE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     monkeypatch.setenv("TRANSKUBE_LEADER_ELECTION", env["TRANSKUBE_LEADER_ELECTION"]["value"])
