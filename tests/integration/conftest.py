@@ -131,7 +131,8 @@ def helm(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str
 
 
 TEST_POOLS = {"cpu": {"capacity": 16, "accelerator": "cpu"}, "gpu": {"capacity": 1, "accelerator": "nvidia"},
-              "serial": {"capacity": 1, "accelerator": "cpu"}}
+              "serial": {"capacity": 1, "accelerator": "cpu"},
+              "chaos": {"capacity": 4, "accelerator": "cpu"}}  # test_leader.py: jobs while the leader is killed
 QUOTA_NAMESPACE = "tk-quota"
 TEST_QUOTAS = {QUOTA_NAMESPACE: {"maxConcurrent": 1, "maxQueued": 1, "maxPerDay": 3}}
 # Storage confinement (test_storage_scope.py): two namespaces, each confined to its own prefix of the test

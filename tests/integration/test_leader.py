@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,3 +260,114 @@ def test_standby_takes_over_within_15s_of_a_sigkill_and_soon_on_sigterm(
         f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/transkube-operator")["spec"]["template"]["spec"][
         "containers"][0]["env"] if e["name"] == "TRANSKUBE_LEADER_ELECTION"))
     assert new_acquire - last_old >= election["renewDeadlineSeconds"], lease.seen
+
+
+# ---- chaos: the leader SIGKILLed while a batch of jobs runs -------------------------------------------------
+
+CHAOS_JOBS = 40
+CHAOS_KILLS = 3
+
+
+def standby_ready(kube: Kube, cluster: ClusterState) -> bool:
+    """Two operator pods, and the one not leading is (back) in its acquire loop."""
+    pods, lead = operator_pods(kube), holder(kube)
+    others = [p for p in pods if not lead.startswith(p["metadata"]["name"] + "_")]
+    if len(pods) != 2 or len(others) != 1:
+        return False
+    events = [e for e in leader_events(cluster, others)
+              if e.message in ("leader acquired", "leader election: standing by")]
+    return bool(events) and events[-1].message == "leader election: standing by"
+
+
+def kill_leader(kube: Kube, cluster: ClusterState) -> tuple[str, float]:
+    """SIGKILLs the leader's process group; returns its identity and when."""
+    pod, identity = leader_pod(kube)
+    os.killpg(int((container_dir(cluster, pod) / "pid").read_text()), signal.SIGKILL)
+    return identity, time.monotonic()
+
+
+def test_leader_kills_lose_and_duplicate_nothing(two_replicas: None, kube: Kube, cluster: ClusterState,
+                                                 tj_namespace: str, s3: Any, tmp_path: Path) -> None:
+    """Leader kills: CHAOS_JOBS short jobs through the 4-slot `chaos` pool, each with webhooks, while the leader
+    is SIGKILLed CHAOS_KILLS times at random moments. All succeed, each has exactly one Job (one pod per
+    attempt), every webhook event is delivered, and the receiver gets each webhook-id exactly once."""
+    import random
+
+    from .test_webhooks import Receiver, create_secret, new_secret
+
+    ns, secret = tj_namespace, new_secret()
+    create_secret(kube, ns, "whsec", secret)
+    receiver = Receiver()
+    since = time.monotonic()
+    pods = operator_pods(kube)
+    wait_for("a leader", lambda: any(holder(kube).startswith(p["metadata"]["name"] + "_") for p in pods), timeout=60)
+    template = small_job(s3, tmp_path, "template")
+    names = [f"chaos-{i:03d}" for i in range(CHAOS_JOBS)]
+    ends: dict[str, float] = {}
+    takeovers: list[float] = []
+    rng = random.Random()  # noqa: S311 (random moments, not secrets)
+    try:
+        for i, name in enumerate(names):
+            body = json.loads(json.dumps(template))
+            body["metadata"]["name"] = name
+            body["spec"]["outputs"][0]["uri"] = f"s3://{BUCKET}/outputs/{uuid.uuid4().hex}/web.mp4"
+            body["spec"] |= {"pool": "chaos", "priority": i % 3, "webhooks": [
+                {"name": "hook", "url": f"{receiver.base}/hook", "events": ["queued", "started", "succeeded"],
+                 "secretRef": {"name": "whsec", "key": "secret"}}]}
+            kube.create(tj_path(ns), body)
+
+        def finished() -> int:
+            items = kube.get(tj_path(ns))["items"]
+            return sum(1 for o in items if (o.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled"))
+
+        deadline = time.monotonic() + 240
+        for _ in range(CHAOS_KILLS):
+            time.sleep(rng.uniform(2, 8))  # a random moment: admitting, creating Jobs, delivering, finishing
+            if finished() == CHAOS_JOBS:
+                break
+            wait_for("a standby waiting", lambda: standby_ready(kube, cluster), timeout=60)
+            old, killed_at = kill_leader(kube, cluster)
+            ends[old] = killed_at
+            wait_for("a new leader", lambda: holder(kube) not in ("", *ends), timeout=30, interval=0.1)
+            takeovers.append(time.monotonic() - killed_at)
+        print(f"{len(takeovers)} kills, takeovers (s): {[round(t, 1) for t in takeovers]}")
+        assert takeovers and all(t < TAKEOVER_LIMIT for t in takeovers), takeovers
+
+        wait_for("every chaos job finished", lambda: finished() == CHAOS_JOBS,
+                 timeout=max(30.0, deadline - time.monotonic()), interval=1)
+        items = {o["metadata"]["name"]: o for o in kube.get(tj_path(ns))["items"]}
+        assert {n: items[n]["status"]["phase"] for n in names} == dict.fromkeys(names, "Succeeded")
+
+        # Exactly one Job per TranscodeJob (Job names are fixed per job, so a second would be a duplicate create),
+        # and one worker pod per attempt.
+        jobs = kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
+        by_owner: dict[str, list[str]] = {}
+        for job in jobs:
+            by_owner.setdefault(job["metadata"]["labels"]["transkube.dev/transcodejob"], []).append(
+                job["metadata"]["name"])
+        assert {n: by_owner.get(n) for n in names} == {n: [items[n]["status"]["jobName"]] for n in names}
+        pods_of = kube.get(f"/api/v1/namespaces/{ns}/pods")["items"]
+        per_job: dict[str, int] = {}
+        for pod in pods_of:
+            job_name = (pod["metadata"].get("labels") or {}).get("job-name")
+            if job_name:
+                per_job[job_name] = per_job.get(job_name, 0) + 1
+        assert {n: per_job.get(items[n]["status"]["jobName"], 0) for n in names} == \
+            {n: items[n]["status"]["attempts"] for n in names}
+
+        # Every webhook event delivered, each webhook-id received exactly once.
+        def outboxes() -> dict[str, list[Obj]]:
+            return {o["metadata"]["name"]: (o.get("status") or {}).get("webhookDeliveries") or []
+                    for o in kube.get(tj_path(ns))["items"]}
+
+        wait_for("every delivery settled", lambda: all(
+            len(entries) == 3 and all(e["state"] == "Delivered" for e in entries)
+            for entries in outboxes().values()), timeout=60, interval=1)
+        expected = sorted(e["id"] for entries in outboxes().values() for e in entries)
+        received = Counter(r.headers["webhook-id"] for r in receiver.requests("/hook"))
+        assert sorted(received) == expected
+        assert [i for i, n in received.items() if n != 1] == [], received
+    finally:
+        receiver.close()
+    every_pod = {p["metadata"]["uid"]: p for p in [*pods, *operator_pods(kube)]}
+    assert_never_two_leaders(leader_events(cluster, list(every_pod.values())), ends, since)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
@@ -94,7 +95,7 @@ def test_lease_manifest_carries_the_resource_version_for_optimistic_concurrency(
     assert LeaseRecord.from_lease(body) == HELD
 
 
-def rendered(*sets: str) -> list[dict[str, object]]:
+def rendered(*sets: str) -> list[dict[str, Any]]:
     _, helm = tools.ensure_kubectl_helm()
     out = subprocess.run([str(helm), "template", "rel", str(CHART), "--namespace", "tk-sys", *sets],
                          check=True, capture_output=True, text=True, timeout=120).stdout
