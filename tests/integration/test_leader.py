@@ -164,6 +164,8 @@ def two_replicas(operator: InstalledOperator, kube: Kube) -> Iterator[None]:
         kube.delete(f"{DEPLOYMENTS}/{SECOND}", {"apiVersion": "v1", "kind": "DeleteOptions",
                                                 "propagationPolicy": "Foreground"})
         wait_for("one operator pod", lambda: len(operator_pods(kube)) == 1, timeout=120)
+        wait_for(f"{SECOND} gone", lambda: not any(d["metadata"]["name"] == SECOND
+                                                  for d in kube.get(DEPLOYMENTS)["items"]), timeout=120)
         wait_for("the chart's replica leads", lambda: holder(kube).startswith(
             operator_pods(kube)[0]["metadata"]["name"] + "_"), timeout=60)
 
@@ -360,9 +362,14 @@ def test_leader_kills_lose_and_duplicate_nothing(two_replicas: None, kube: Kube,
             return {o["metadata"]["name"]: (o.get("status") or {}).get("webhookDeliveries") or []
                     for o in kube.get(tj_path(ns))["items"]}
 
-        wait_for("every delivery settled", lambda: all(
-            len(entries) == 3 and all(e["state"] == "Delivered" for e in entries)
-            for entries in outboxes().values()), timeout=60, interval=1)
+        def unsettled() -> dict[str, list[tuple[str, str]]]:
+            return {name: [(e["type"], e["state"]) for e in entries] for name, entries in outboxes().items()
+                    if len(entries) != 3 or any(e["state"] != "Delivered" for e in entries)}
+
+        settle_by = time.monotonic() + 60
+        while unsettled() and time.monotonic() < settle_by:
+            time.sleep(1)
+        assert unsettled() == {}
         expected = sorted(e["id"] for entries in outboxes().values() for e in entries)
         received = Counter(r.headers["webhook-id"] for r in receiver.requests("/hook"))
         assert sorted(received) == expected
