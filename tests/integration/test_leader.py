@@ -371,9 +371,17 @@ def test_leader_kills_lose_and_duplicate_nothing(two_replicas: None, kube: Kube,
             time.sleep(1)
         assert unsettled() == {}
         expected = sorted(e["id"] for entries in outboxes().values() for e in entries)
-        received = Counter(r.headers["webhook-id"] for r in receiver.requests("/hook"))
+        requests = receiver.requests("/hook")
+        received = Counter(r.headers["webhook-id"] for r in requests)
         assert sorted(received) == expected
-        assert [i for i, n in received.items() if n != 1] == [], received
+        # Once each, except at-least-once's one unavoidable case: a POST the receiver answered just before the
+        # leader was SIGKILLed, before it could record the answer. The new leader sends it again, with the same
+        # webhook-id (receivers dedupe on it). Anything else sent twice is a bug.
+        resent = {i: [r.at for r in requests if r.headers["webhook-id"] == i] for i, n in received.items() if n > 1}
+        kills = sorted(ends.values())
+        assert all(len(at) == 2 and any(k - 2.0 <= at[0] <= k for k in kills) for at in resent.values()), \
+            (resent, kills)
+        print(f"{len(received)} webhook ids, {len(resent)} resent after a kill")
     finally:
         receiver.close()
     every_pod = {p["metadata"]["uid"]: p for p in [*pods, *operator_pods(kube)]}
