@@ -29,7 +29,6 @@ from typing import Any
 
 import kopf
 from kubernetes import config as kube_config
-from prometheus_client import start_http_server
 from transkube_api.constants import (
     GROUP,
     LABEL_JOB,
@@ -137,7 +136,6 @@ def _remember_indexes(kwargs: Mapping[str, Any]) -> None:
 
 # ---- startup ---------------------------------------------------------------------------------------------
 
-# A replaced pod may hold the metrics port for a few seconds while it terminates: retry every second.
 @kopf.on.startup(backoff=1)
 async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
     # kopf's own bookkeeping would live in annotations under our prefix; with event handlers and indexes only it
@@ -150,7 +148,8 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     if not RT.tasks:  # once, however many times a failed startup is retried
-        start_http_server(CFG.metrics_port)  # first: a port still held by the old pod raises, and kopf retries
+        metrics.serve(CFG.metrics_port)  # already serving when this replica stood by first
+        metrics.LEADER.set(1)  # only the replica that reconciles gets here
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:

@@ -52,7 +52,11 @@ def stand_by(cfg: OperatorConfig, liveness_port: int) -> leader.Elector | None:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
         kube_config.load_kube_config()
+    from . import metrics
+
     elector = leader.Elector(cfg.leader_election, leader.default_identity(cfg.pod_name))
+    metrics.LEADER.set(0)
+    metrics.serve(cfg.metrics_port)  # a standby is a healthy scrape target too (transkube_operator_leader 0)
     health = leader.HealthServer(liveness_port, elector.identity)
     try:
         elector.acquire()
