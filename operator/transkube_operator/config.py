@@ -93,7 +93,7 @@ class LeaderElection:
     """Leader election between operator replicas (leader.py): only the holder of the Lease reconciles.
 
     renew_deadline < lease_duration: a leader that cannot renew stops before a standby may take over; a standby
-    takes over at most lease_duration + retry_period after the leader's last renewal."""
+    takes over lease_duration to lease_duration + 2 retry periods after the leader's last renewal."""
 
     enabled: bool = True
     lease_name: str = "transkube-operator"
