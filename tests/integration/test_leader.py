@@ -111,19 +111,28 @@ def wall(rfc3339: str) -> float:
 
 
 def assert_never_two_leaders(events: list[LeaderEvent], ends: dict[str, float], since: float) -> None:
-    """Leadership intervals from the replicas' own logs: each `leader acquired` .. `leader lost` (or the moment
-    the test SIGKILLed it, or now), for every incarnation leading at or after `since`. They must not overlap."""
+    """Leadership intervals from the replicas' own logs: from each `leader acquired` to the incarnation's end,
+    the earliest of its `leader lost`, the moment the test SIGKILLed it, and the first line of the next
+    incarnation in the same pod (a container runs one process at a time); the current leader runs until now.
+    Every interval that reaches `since` or later must not overlap another."""
     now = time.monotonic()
     starts = {e.identity: e.monotonic for e in events if e.message == "leader acquired"}
+    end_of = dict(ends)
+    first_seen: dict[str, LeaderEvent] = {}
     for e in events:
+        first_seen.setdefault(e.identity, e)
         if e.message == "leader lost":
-            ends.setdefault(e.identity, e.monotonic)
-    intervals = sorted((start, ends.get(identity, now), identity) for identity, start in starts.items()
-                       if ends.get(identity, now) >= since)
+            end_of[e.identity] = min(end_of.get(e.identity, now), e.monotonic)
+    for identity, first in first_seen.items():
+        later = [f.monotonic for f in first_seen.values() if f.pod == first.pod and f.monotonic > first.monotonic]
+        if later:
+            end_of[identity] = min(end_of.get(identity, now), min(later))
+    intervals = sorted((start, end_of.get(identity, now), identity) for identity, start in starts.items()
+                       if end_of.get(identity, now) >= since)
     for (_, end_a, a), (start_b, _, b) in itertools.pairwise(intervals):
         assert start_b > end_a, f"{b} acquired at {start_b:.3f} while {a} led until {end_a:.3f}: {intervals}"
     # Only the incarnation leading now may have no end.
-    assert sum(1 for *_, identity in intervals if identity not in ends) <= 1, intervals
+    assert sum(1 for *_, identity in intervals if identity not in end_of) <= 1, intervals
 
 
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments"
