@@ -345,6 +345,7 @@ def install_chart(env: Env) -> None:
              "bench": {"capacity": 4, "accelerator": "cpu"}}
     env.run("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
             "--set", f"storage.endpoint={env.state.s3.endpoint}",
+            "--set", "operator.replicas=1",  # dev node agent: pods share the host's network (ports)
             "--set", f"operator.livenessPort={procs.free_port()}",
             "--set", f"operator.metricsPort={env.op_metrics_port}",
             "--set", f"shim.port={env.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",

@@ -40,6 +40,8 @@ def main(cluster_dir: str) -> int:
     subprocess.run([str(helm_bin), f"--kubeconfig={state.kubeconfig}", "upgrade", "--install", "transkube",
                     str(tools.REPO_DIR / "charts" / "transkube"), "-n", "transkube-system", "--create-namespace",
                     "--set", f"storage.endpoint={state.s3.endpoint}",
+                    # One replica: the dev node agent runs pods on the host's network, where replicas share ports.
+                    "--set", "operator.replicas=1",
                     "--set", f"operator.livenessPort={procs.free_port()}",
                     "--set", f"operator.metricsPort={procs.free_port()}",
                     "--set", f"shim.port={shim_port}",

@@ -29,7 +29,8 @@ OPEN_MAPS = {"nodeSelector", "annotations", "affinity", "podAnnotations", "resou
 # Lists of objects we don't constrain further (tolerations, NetworkPolicy peers, topology spread).
 FREE_LISTS = {"tolerations", "from", "topologySpreadConstraints"}
 # Numbers whose integer default doesn't make them integers (fractional seconds; `--set-json key=0.5`).
-NUMBERS = {"webhooks.timeoutSeconds", "worker.progressIntervalSeconds"}
+NUMBERS = {"webhooks.timeoutSeconds", "worker.progressIntervalSeconds",
+           "operator.leaderElection.renewDeadlineSeconds", "operator.leaderElection.retryPeriodSeconds"}
 
 
 def _descriptions(text: str) -> dict[str, str]:

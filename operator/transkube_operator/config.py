@@ -89,6 +89,36 @@ class Webhooks:
 
 
 @dataclass(frozen=True)
+class LeaderElection:
+    """Leader election between operator replicas (leader.py): only the holder of the Lease reconciles.
+
+    renew_deadline < lease_duration: a leader that cannot renew stops before a standby may take over; a standby
+    takes over lease_duration to lease_duration + 2 retry periods after the leader's last renewal."""
+
+    enabled: bool = True
+    lease_name: str = "transkube-operator"
+    lease_namespace: str = "default"  # the chart sets the release namespace
+    lease_duration_seconds: int = 8
+    renew_deadline_seconds: float = 6.0
+    retry_period_seconds: float = 2.0
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> LeaderElection:
+        base = cls()
+        return cls(enabled=bool(raw.get("enabled", base.enabled)),
+                   lease_name=str(raw.get("leaseName") or base.lease_name),
+                   lease_namespace=str(raw.get("leaseNamespace") or base.lease_namespace),
+                   lease_duration_seconds=int(raw.get("leaseDurationSeconds", base.lease_duration_seconds)),
+                   renew_deadline_seconds=float(raw.get("renewDeadlineSeconds", base.renew_deadline_seconds)),
+                   retry_period_seconds=float(raw.get("retryPeriodSeconds", base.retry_period_seconds)))
+
+    def check(self) -> None:
+        if not 0 < self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError("leader election needs 0 < retryPeriodSeconds < renewDeadlineSeconds "
+                             "< leaseDurationSeconds")
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     worker_image: str = "ghcr.io/transkube/worker:latest"
     worker_command: tuple[str, ...] = ("transkube-worker", "run")
@@ -124,6 +154,9 @@ class OperatorConfig:
     webhooks: Webhooks = field(default_factory=Webhooks)
     # Which S3 prefixes each namespace's jobs may name (chart: storageScope); unconfined by default.
     storage_scope: ScopeMap = field(default_factory=lambda: ScopeMap(NAMESPACE_PLACEHOLDER))
+    leader_election: LeaderElection = field(default_factory=LeaderElection)
+    # The pod's name (downward API): the first part of this replica's leader-election identity.
+    pod_name: str | None = None
     # Test-only: let the worker read the transkube.dev/fault-injection annotation. Never on in production.
     fault_injection: bool = False
 
@@ -162,4 +195,6 @@ class OperatorConfig:
             storage_scope=ScopeMap.from_wire(json.loads(_env("TRANSKUBE_STORAGE_SCOPE", "{}")),
                                              NAMESPACE_PLACEHOLDER, "namespaces"),
             fault_injection=_env("TRANSKUBE_FAULT_INJECTION", "false").lower() == "true",
+            leader_election=LeaderElection.from_wire(json.loads(_env("TRANSKUBE_LEADER_ELECTION", "{}"))),
+            pod_name=os.environ.get("TRANSKUBE_POD_NAME") or None,
         )

@@ -29,7 +29,6 @@ from typing import Any
 
 import kopf
 from kubernetes import config as kube_config
-from prometheus_client import start_http_server
 from transkube_api.constants import (
     GROUP,
     LABEL_JOB,
@@ -144,7 +143,6 @@ def _remember_indexes(kwargs: Mapping[str, Any]) -> None:
 
 # ---- startup ---------------------------------------------------------------------------------------------
 
-# A replaced pod may hold the metrics port for a few seconds while it terminates: retry every second.
 @kopf.on.startup(backoff=1)
 async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
     # kopf's own bookkeeping would live in annotations under our prefix; with event handlers and indexes only it
@@ -157,7 +155,8 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     if not RT.tasks:  # once, however many times a failed startup is retried
-        start_http_server(CFG.metrics_port)  # first: a port still held by the old pod raises, and kopf retries
+        metrics.serve(CFG.metrics_port)  # already serving when this replica stood by first
+        metrics.LEADER.set(1)  # only the replica that reconciles gets here
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
@@ -171,6 +170,20 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
                     *(asyncio.create_task(worker(), name=f"worker-{i}") for i in range(WORKERS)),
                     *(asyncio.create_task(deliverer(), name=f"deliverer-{i}") for i in range(DELIVERERS))]
     logger.info("transkube operator started: worker image %s, metrics on :%d", CFG.worker_image, CFG.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(logger: Log, **_: Any) -> None:
+    """On a graceful stop (SIGTERM): stop our loops and wait for the writes already in flight, so that when
+    main() then releases the leader Lease no reconcile of ours is still running (and kopf need not wait
+    5 s for tasks it does not know)."""
+    for task in RT.tasks:
+        task.cancel()
+    await asyncio.gather(*RT.tasks, return_exceptions=True)
+    for executor in (RT.executor, RT.delivery_executor):
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+    logger.info("transkube operator stopped its workers")
 
 
 # ---- events: each one is a key in the work queue ---------------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, leader
+from .config import OperatorConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +28,41 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=args.verbose)
     port = args.liveness_port or handlers.CFG.liveness_port
+    elector = stand_by(handlers.CFG, port)
     kopf.run(
-        standalone=True,  # one replica (Deployment strategy Recreate); no peering objects needed
+        standalone=True,  # no kopf peering: mutual exclusion comes from the Lease (leader.py)
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{port}/healthz",
     )
+    if elector is not None:  # kopf has stopped (SIGTERM): hand the Lease to a standby at once
+        elector.release()
     return 0
+
+
+def stand_by(cfg: OperatorConfig, liveness_port: int) -> leader.Elector | None:
+    """Blocks until this replica leads (kopf must not start its watches or handlers on a standby), serving
+    /healthz meanwhile; returns the elector that keeps renewing, or None without leader election."""
+    if not cfg.leader_election.enabled:
+        return None
+    cfg.leader_election.check()
+    from kubernetes import config as kube_config
+
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    from . import metrics
+
+    elector = leader.Elector(cfg.leader_election, leader.default_identity(cfg.pod_name))
+    metrics.LEADER.set(0)
+    metrics.serve(cfg.metrics_port)  # a standby is a healthy scrape target too (transkube_operator_leader 0)
+    health = leader.HealthServer(liveness_port, elector.identity)
+    try:
+        elector.acquire()
+    finally:
+        health.close()
+    return elector
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from transkube_api.models import FailureCategory, Phase
 
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -31,6 +31,31 @@ EVENT_LAG = Histogram("transkube_operator_event_lag_seconds", "From a watch even
                       buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 QUEUE_DEPTH = Gauge("transkube_operator_workqueue_depth", "Keys waiting in the work queue (ready, and on "
                     "timers).", ["state"])
+
+LEADER = Gauge("transkube_operator_leader", "1 while this replica holds the leader Lease and reconciles; 0 while "
+               "it stands by.")
+
+_serving = threading.Event()
+
+
+def serve(port: int) -> None:
+    """Serves /metrics on port from a background thread, once per process however often it is called (a standby
+    serves it while it waits, and keeps it when it leads). A port still held by a pod being replaced (the dev
+    cluster's pods share the host's network) is retried every second."""
+    if _serving.is_set():
+        return
+    _serving.set()
+
+    def bind() -> None:
+        while True:
+            try:
+                start_http_server(port)
+                return
+            except OSError:
+                threading.Event().wait(1.0)
+
+    threading.Thread(target=bind, name="metrics-bind", daemon=True).start()
+
 
 _phases: dict[str, str] = {}
 _counts: dict[str, int] = dict.fromkeys(PHASES, 0)

@@ -152,6 +152,12 @@ def outbox_update(tj: Obj, old_status: Obj, new_status: Obj, now: dt.datetime, c
     first_delay = dt.timedelta(seconds=cfg.retry_schedule[0] if cfg.retry_schedule else 0)
     # status.progress still holds the previous attempt's numbers when an attempt starts: wait for fresh ones.
     attempt_started = new_phase == "Running" and old_phase != "Running"
+    # An attempt that ran and finished between two reconciles (a short job, or one that ran while the operator
+    # was failing over to a standby) was never seen Running: its started event still belongs before the end.
+    started_unseen = (new_phase in ("Succeeded", "Failed") and old_phase not in ("Running", new_phase)
+                      and int(new_status.get("attempts") or 0) >= 1)
+    as_started = ({k: v for k, v in new_status.items() if k not in ("reason", "message", "failureCategory")}
+                  | {"phase": "Running"}) if started_unseen else new_status
 
     def queue(sub_name: str, event: str, n: int) -> None:
         entry_id = event_id(uid, sub_name, event, round_, n)
@@ -160,14 +166,17 @@ def outbox_update(tj: Obj, old_status: Obj, new_status: Obj, now: dt.datetime, c
         known.add(entry_id)
         deliveries.append({"id": entry_id, "webhook": sub_name, "type": EVENT_PREFIX + event, "eventTime": now_s,
                            "state": "Pending", "attempts": 0, "nextAttemptTime": rfc3339(now + first_delay),
-                           "data": _snapshot(tj, new_status, event)})
+                           "data": _snapshot(tj, as_started if event == "started" else new_status, event)})
 
     for sub, state in zip(subs, states, strict=True):
         if state.get("disabled"):
             continue
         events = set(sub.get("events") or [])
         for event, phase in PHASE_EVENTS.items():
-            if new_phase == phase and old_phase != phase and event in events:
+            fired = new_phase == phase and old_phase != phase
+            if event == "started" and started_unseen:
+                fired = True
+            if fired and event in events:
                 # Each attempt starts once; everything else happens once per manual-retry round.
                 queue(state["name"], event, int(new_status.get("attempts") or 0) if event == "started" else 0)
         if "progress" in events and not attempt_started and _progress_due(sub, state, new_status, now):

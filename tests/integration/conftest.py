@@ -131,7 +131,8 @@ def helm(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str
 
 
 TEST_POOLS = {"cpu": {"capacity": 16, "accelerator": "cpu"}, "gpu": {"capacity": 1, "accelerator": "nvidia"},
-              "serial": {"capacity": 1, "accelerator": "cpu"}}
+              "serial": {"capacity": 1, "accelerator": "cpu"},
+              "chaos": {"capacity": 4, "accelerator": "cpu"}}  # test_leader.py: jobs while the leader is killed
 QUOTA_NAMESPACE = "tk-quota"
 TEST_QUOTAS = {QUOTA_NAMESPACE: {"maxConcurrent": 1, "maxQueued": 1, "maxPerDay": 3}}
 # Storage confinement (test_storage_scope.py): two namespaces, each confined to its own prefix of the test
@@ -181,6 +182,9 @@ def operator(cluster: ClusterState, helm: Callable[..., Any], kube: Kube) -> Ins
                     "--force-conflicts", "-f", str(chart / "crds")], check=True, capture_output=True, timeout=60)
     helm("upgrade", "--install", "transkube", str(chart), "--namespace", OPERATOR_NS, "--create-namespace",
          "--set", f"storage.endpoint={cluster.s3.endpoint}",
+         # One operator replica: the dev node agent runs pods on the host's network, where replicas would share
+         # ports. test_leader.py scales to two to test leader election.
+         "--set", "operator.replicas=1",
          "--set", f"operator.livenessPort={installed.liveness_port}",
          "--set", f"operator.metricsPort={installed.metrics_port}",
          "--set", f"shim.port={installed.shim_port}", "--set", "shim.storageSecret=transkube-shim-storage",

@@ -84,11 +84,11 @@ def scratch_dir(base: Path) -> Path:
 
 def helm_wrapper(bin_dir: Path, real_helm: Path, ports: dict[str, int]) -> None:
     values = bin_dir / "local-ports.yaml"
-    values.write_text(f"operator: {{livenessPort: {ports['liveness']}, metricsPort: {ports['metrics']}}}\n"
+    values.write_text(f"operator: {{replicas: 1, livenessPort: {ports['liveness']}, metricsPort: {ports['metrics']}}}\n"
                       f"shim: {{port: {ports['shim']}}}\n")
     wrapper = bin_dir / "helm"
     wrapper.write_text("#!/usr/bin/env bash\n"
-                       "# Free ports for the chart: pods share the host's network on the dev node agent.\n"
+                       "# Free ports and one operator replica: pods share the host's network on the dev node agent.\n"
                        'case " $* " in\n'
                        f'  *" upgrade "*|*" install "*) exec {real_helm} "$@" -f {values} ;;\n'
                        "esac\n"

@@ -32,15 +32,18 @@ def env_of(pod: Obj, name: str) -> str | None:
 
 def set_max_input_bytes(helm: Callable[..., Any], kube: Kube, namespace: str, value: int) -> None:
     """helm upgrade the installed release with only limits.maxInputBytes changed, then wait until the one
-    operator pod (the Deployment recreates it) runs with that value."""
+    operator pod (the Deployment rolls it) runs with that value and leads (holds the leader Lease)."""
     helm("upgrade", "transkube", str(CHART), "--namespace", namespace, "--reuse-values",
          "--set", f"limits.maxInputBytes={value}", "--wait", "--timeout", "120s")
 
     def ready() -> bool:
         pods = operator_pods(kube, namespace)
+        lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/transkube-operator")
+        leader = str((lease.get("spec") or {}).get("holderIdentity") or "")
         return len(pods) == 1 and all(
             "deletionTimestamp" not in p["metadata"] and p["status"].get("phase") == "Running"
-            and env_of(p, "TRANSKUBE_MAX_INPUT_BYTES") == str(value) for p in pods)
+            and env_of(p, "TRANSKUBE_MAX_INPUT_BYTES") == str(value)
+            and leader.startswith(p["metadata"]["name"] + "_") for p in pods)
 
     wait_for(f"the operator pod running with maxInputBytes={value}", ready, timeout=120)
 

@@ -14,10 +14,11 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     answered: int
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 class Receiver:

@@ -89,7 +89,7 @@ def running(percent: float | None = None, attempts: int = 1, **extra: Any) -> Ob
 def test_each_phase_event_fires_once_per_transition(phase: str, event: str) -> None:
     obj = tj()
     new = {"phase": phase, "attempts": 1}
-    after = step(obj, {"phase": "Pending"}, new)
+    after = step(obj, {"phase": "Running" if phase in ("Succeeded", "Failed", "Cancelled") else "Pending"}, new)
     entry = only(after)
     assert entry["type"] == f"transcodejob.{event}"
     assert entry["state"] == "Pending" and entry["attempts"] == 0
@@ -97,6 +97,26 @@ def test_each_phase_event_fires_once_per_transition(phase: str, event: str) -> N
     assert entry["webhook"] == "hook" and entry["id"].startswith("msg_")
     # The next reconcile sees the phase already there: nothing new.
     assert outbox_update(obj, after, after, at(60), CFG) == {}
+
+
+@pytest.mark.parametrize(("old_phase", "phase"), [("Queued", "Succeeded"), ("Pending", "Failed")])
+def test_an_attempt_never_seen_running_still_gets_its_started_event_first(old_phase: str, phase: str) -> None:
+    # It ran and ended between two reconciles: a short job, or one that ran while the operator failed over.
+    obj = tj()
+    after = step(obj, {"phase": old_phase, "attempts": 0},
+                 {"phase": phase, "attempts": 1, "reason": "BadInput" if phase == "Failed" else None})
+    assert types(after) == ["transcodejob.started", f"transcodejob.{phase.lower()}"]
+    started = after["webhookDeliveries"][0]
+    assert started["id"] == event_id("uid-1", "hook", "started", 0, 1)
+    assert started["data"]["phase"] == "Running" and "reason" not in started["data"]
+    assert outbox_update(obj, after, after, at(60), CFG) == {}
+
+
+def test_a_job_that_never_ran_gets_no_started_event() -> None:
+    after = step(tj(), {"phase": "Queued"}, {"phase": "Failed", "attempts": 0, "reason": "UriForbidden"})
+    assert types(after) == ["transcodejob.failed"]
+    cancelled = step(tj(), {"phase": "Queued"}, {"phase": "Cancelled", "attempts": 1})
+    assert types(cancelled) == ["transcodejob.cancelled"]
 
 
 def test_replaying_a_reconcile_adds_nothing() -> None:

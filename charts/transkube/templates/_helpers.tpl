@@ -51,3 +51,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- include "transkube.checkScope" (merge (dict "(default)" $s.default) $s.tenants) -}}
 {{- toPrettyJson (dict "default" $s.default "tenants" $s.tenants) -}}
 {{- end -}}
+
+{{/* The operator replicas' leader-election Lease (named here only: the Role and the operator's env use it). */}}
+{{- define "transkube.leaseName" -}}
+{{- printf "%s-operator" (include "transkube.fullname" .) -}}
+{{- end -}}
+
+{{/* Leader election as the operator reads it (TRANSKUBE_LEADER_ELECTION). */}}
+{{- define "transkube.leaderElectionJson" -}}
+{{- $l := .Values.operator.leaderElection -}}
+{{- if not (and (lt 0.0 (float64 $l.retryPeriodSeconds)) (lt (float64 $l.retryPeriodSeconds) (float64 $l.renewDeadlineSeconds)) (lt (float64 $l.renewDeadlineSeconds) (float64 $l.leaseDurationSeconds))) -}}
+{{- fail "operator.leaderElection needs 0 < retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds" -}}
+{{- end -}}
+{{- if and (not $l.enabled) (gt (int .Values.operator.replicas) 1) -}}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled (two reconcilers must never run at once)" -}}
+{{- end -}}
+{{- toPrettyJson (dict "enabled" $l.enabled "leaseName" (include "transkube.leaseName" .) "leaseNamespace" .Release.Namespace "leaseDurationSeconds" $l.leaseDurationSeconds "renewDeadlineSeconds" $l.renewDeadlineSeconds "retryPeriodSeconds" $l.retryPeriodSeconds) -}}
+{{- end -}}
