@@ -158,6 +158,10 @@ def outbox_update(tj: Obj, old_status: Obj, new_status: Obj, now: dt.datetime, c
                       and int(new_status.get("attempts") or 0) >= 1)
     as_started = ({k: v for k, v in new_status.items() if k not in ("reason", "message", "failureCategory")}
                   | {"phase": "Running"}) if started_unseen else new_status
+    # A job admitted at first sight (a free slot, nobody waiting) is never Queued; it was still taken into the queue.
+    queued_unseen = old_phase is None and new_phase == "Pending"
+    as_queued = ({k: v for k, v in new_status.items() if k not in ("reason", "message")}
+                 | {"phase": "Queued"}) if queued_unseen else new_status
 
     def queue(sub_name: str, event: str, n: int) -> None:
         entry_id = event_id(uid, sub_name, event, round_, n)
@@ -166,7 +170,8 @@ def outbox_update(tj: Obj, old_status: Obj, new_status: Obj, now: dt.datetime, c
         known.add(entry_id)
         deliveries.append({"id": entry_id, "webhook": sub_name, "type": EVENT_PREFIX + event, "eventTime": now_s,
                            "state": "Pending", "attempts": 0, "nextAttemptTime": rfc3339(now + first_delay),
-                           "data": _snapshot(tj, as_started if event == "started" else new_status, event)})
+                           "data": _snapshot(tj, {"started": as_started, "queued": as_queued}.get(event, new_status),
+                                             event)})
 
     for sub, state in zip(subs, states, strict=True):
         if state.get("disabled"):
@@ -174,7 +179,7 @@ def outbox_update(tj: Obj, old_status: Obj, new_status: Obj, now: dt.datetime, c
         events = set(sub.get("events") or [])
         for event, phase in PHASE_EVENTS.items():
             fired = new_phase == phase and old_phase != phase
-            if event == "started" and started_unseen:
+            if (event == "started" and started_unseen) or (event == "queued" and queued_unseen):
                 fired = True
             if fired and event in events:
                 # Each attempt starts once; everything else happens once per manual-retry round.

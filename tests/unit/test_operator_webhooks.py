@@ -441,3 +441,14 @@ def test_progress_ignores_the_placeholder_and_the_previous_attempt() -> None:
     earlier = {"phase": "Running", "attemptHistory": [{"attempt": 2, "pod": "p2", "startTime": "2026-11-22T00:00:00Z"}],
                "progress": {"stage": "Transcoding", "percent": 40, "updatedAt": "2026-11-21T23:59:00Z"}}
     assert types(step(obj, {"phase": "Running"}, earlier, at(1))) == []
+
+
+def test_a_job_admitted_at_first_sight_still_gets_its_queued_event() -> None:
+    obj = tj()
+    after = step(obj, {}, {"phase": "Pending", "attempts": 0, "reason": "Pending"})
+    entry = only(after)
+    assert entry["type"] == "transcodejob.queued" and entry["id"] == event_id("uid-1", "hook", "queued", 0, 0)
+    assert entry["data"]["phase"] == "Queued" and "reason" not in entry["data"]
+    assert outbox_update(obj, after, {**after, "phase": "Running", "attempts": 1}, at(5), CFG) != {}
+    later = step(obj, after, {**after, "phase": "Running", "attempts": 1}, at(5))
+    assert types(later) == ["transcodejob.queued", "transcodejob.started"]
