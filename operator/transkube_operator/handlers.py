@@ -42,7 +42,7 @@ from transkube_api.constants import (
 )
 from transkube_api.models import AcceleratorSpec
 
-from . import cache, delivery, k8s, metrics, queue, webhooks
+from . import cache, delivery, k8s, leader, metrics, queue, webhooks
 from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
@@ -157,6 +157,8 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
     if not RT.tasks:  # once, however many times a failed startup is retried
         metrics.serve(CFG.metrics_port)  # already serving when this replica stood by first
         metrics.LEADER.set(1)  # only the replica that reconciles gets here
+        if not CFG.leader_election.enabled:
+            leader.LEADING.set()
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
@@ -326,11 +328,13 @@ def execute(inp: Inputs) -> Outcome:
     after.update(outbox)
     out = Outcome(plan=result, status=after)
     if inp.ensure_rbac and any(isinstance(a, CreateJob) for a in result.actions):
+        leader.check_leading()
         k.ensure_worker_rbac(worker_rbac(namespace, CFG))
         out.rbac_ready = True
     for action in result.actions:
         if isinstance(action, DeleteTranscodeJob):
             continue
+        leader.check_leading()
         log.info("%s/%s action: %s", namespace, name, type(action).__name__)
         answer = k.apply(namespace, uid, action, name)
         if answer is not None and isinstance(action, CreateJob | SetJobSuspend):
@@ -340,6 +344,7 @@ def execute(inp: Inputs) -> Outcome:
         if isinstance(action, DeletePod):
             metrics.STALLS.inc()
     # The label first: once status says Failed, a selector on the failure category already finds the job.
+    leader.check_leading()
     if result.labels_patch:
         out.body = k.patch_labels(namespace, name, result.labels_patch)
     if result.status_patch:
@@ -394,10 +399,21 @@ def absorb(inp: Inputs, out: Outcome) -> None:
             metrics.DURATION.labels(result.phase).observe((now - created).total_seconds())
 
 
+async def wait_leading() -> None:
+    """Fenced (the Lease is not ours, e.g. while the API server is away): hold every write until it is again."""
+    while not leader.LEADING.is_set():  # noqa: ASYNC110 (a threading.Event, set by the Lease thread)
+        await asyncio.sleep(0.2)
+
+
 async def worker() -> None:
     loop = asyncio.get_running_loop()
     while True:
+        await wait_leading()
         key, waited = await RT.queue.get()
+        if not leader.LEADING.is_set():  # fenced while waiting: the key stays queued
+            RT.queue.done(key)
+            RT.queue.add(key)
+            continue
         metrics.EVENT_LAG.observe(waited)
         try:
             inp = snapshot(key)
@@ -433,6 +449,7 @@ async def deliverer() -> None:
     two writers (reconcile adds entries, delivery records results) and a merge patch replaces the list."""
     loop = asyncio.get_running_loop()
     while True:
+        await wait_leading()
         key, _ = await RT.deliveries.get()
         try:
             if not RT.queue.hold(key):
@@ -489,12 +506,14 @@ def deliver_due(k: Kube, tj: Obj, status: Obj) -> tuple[Obj | None, Obj]:
                 patch = webhooks.record_failure(status, entry["id"], "InvalidSecret", str(exc)[:200], now, WEBHOOKS)
                 result_reason = "InvalidSecret"
             else:
+                leader.check_leading()
                 result = delivery.post(sub["url"], payload, hdrs, POLICY)
                 result_reason = result.reason
                 log.info("webhook %s %s -> %s %s", entry["webhook"], entry["type"], result.status, result.reason)
                 patch = webhooks.record_result(status, entry["id"], result, dt.datetime.now(dt.UTC), WEBHOOKS)
         metrics.WEBHOOK_DELIVERIES.labels(result_reason).inc()
         if patch:
+            leader.check_leading()
             body = k.patch_status(meta["namespace"], meta["name"], patch)
             status = {**status, **patch}
     return body, status

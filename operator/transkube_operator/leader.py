@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
-import os
 import socket
 import sys
 import threading
@@ -206,14 +205,31 @@ class HealthServer:
             self.server.server_close()
 
 
+# Set while this process may write (it holds the Lease, or runs without leader election). The reconcile and
+# delivery workers wait for it and check it before every write: fencing without a restart.
+LEADING = threading.Event()
+
+
+class Fenced(RuntimeError):
+    """A write was about to happen while this replica does not hold the Lease."""
+
+
+def check_leading() -> None:
+    if not LEADING.is_set():
+        raise Fenced("this replica does not hold the leader Lease")
+
+
 class Elector:
-    """Blocks in acquire() until leader; then renews in a thread and fences (exits) when renewal fails."""
+    """Blocks in acquire() until leader; then renews in a thread. When renewal fails for renewDeadline it fences:
+    LEADING is cleared (no more writes; reads and watches go on) and it stands by in the same loop, leading again
+    the moment it holds the Lease again. An API server restart therefore costs a pause, not a process."""
 
     def __init__(self, cfg: LeaderElection, identity: str, api: LeaseApi | None = None,
-                 exit: Callable[[int], Any] = os._exit):
+                 on_change: Callable[[bool], Any] | None = None, leading: threading.Event = LEADING):
         self.cfg, self.identity = cfg, identity
         self.api = api or LeaseApi(cfg.lease_name, cfg.lease_namespace, timeout=cfg.retry_period_seconds)
-        self.exit = exit
+        self.on_change = on_change
+        self.leading = leading
         self.observation: Observation | None = None
         self.resource_version: str | None = None
         self.last_renewed: float | None = None  # monotonic, when the last successful write was sent
@@ -257,8 +273,7 @@ class Elector:
             except Exception as e:  # the API server may be away; keep trying
                 log_event("leader election: lease not reachable", self.identity, error=str(e)[:200])
             time.sleep(self.cfg.retry_period_seconds)
-        log_event("leader acquired", self.identity, lease=f"{self.cfg.lease_namespace}/{self.cfg.lease_name}",
-                  transitions=self.observation.record.transitions if self.observation else 0)
+        self._lead()
         self.threads = [threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True),
                         threading.Thread(target=self._fence_loop, name="lease-fence", daemon=True)]
         for t in self.threads:
@@ -271,25 +286,39 @@ class Elector:
                     if self.stopping.is_set():
                         return
                     held = self.try_write()
-                if not held and self.observation and self.observation.record.holder != self.identity:
+                if held and not self.leading.is_set():
+                    self._lead()
+                elif not held and self.observation and self.observation.record.holder != self.identity:
                     self._lost(f"the lease is held by {self.observation.record.holder}")
             except Exception as e:  # retried until renewDeadline; the fence loop decides
                 log_event("leader election: renew failed", self.identity, error=str(e)[:200])
 
     def _fence_loop(self) -> None:
         while not self.stopping.wait(0.2):
-            if must_fence(self.last_renewed, time.monotonic(), self.cfg.renew_deadline_seconds):
+            if self.leading.is_set() and must_fence(self.last_renewed, time.monotonic(),
+                                                    self.cfg.renew_deadline_seconds):
                 self._lost(f"not renewed for {self.cfg.renew_deadline_seconds}s")
 
+    def _lead(self) -> None:
+        self.leading.set()
+        log_event("leader acquired", self.identity, lease=f"{self.cfg.lease_namespace}/{self.cfg.lease_name}",
+                  transitions=self.observation.record.transitions if self.observation else 0)
+        if self.on_change:
+            self.on_change(True)
+
     def _lost(self, why: str) -> None:
-        if self.stopping.is_set():
+        # Fencing: writes stop before the Lease can expire for anyone else (renewDeadline < leaseDuration).
+        if self.stopping.is_set() or not self.leading.is_set():
             return
+        self.leading.clear()
         log_event("leader lost", self.identity, reason=why)
-        self.exit(1)  # fencing: no reconcile may run past the lease; Kubernetes restarts us as a standby
+        if self.on_change:
+            self.on_change(False)
 
     def release(self) -> None:
         """Graceful stop (after kopf has stopped): hand the Lease over at once."""
         self.stopping.set()
+        self.leading.clear()
         with self.lock:
             try:
                 got = self.api.get()

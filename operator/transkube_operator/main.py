@@ -44,6 +44,7 @@ def stand_by(cfg: OperatorConfig, liveness_port: int) -> leader.Elector | None:
     """Blocks until this replica leads (kopf must not start its watches or handlers on a standby), serving
     /healthz meanwhile; returns the elector that keeps renewing, or None without leader election."""
     if not cfg.leader_election.enabled:
+        leader.LEADING.set()
         return None
     cfg.leader_election.check()
     from kubernetes import config as kube_config
@@ -54,7 +55,8 @@ def stand_by(cfg: OperatorConfig, liveness_port: int) -> leader.Elector | None:
         kube_config.load_kube_config()
     from . import metrics
 
-    elector = leader.Elector(cfg.leader_election, leader.default_identity(cfg.pod_name))
+    elector = leader.Elector(cfg.leader_election, leader.default_identity(cfg.pod_name),
+                             on_change=lambda leading: metrics.LEADER.set(int(leading)))
     metrics.LEADER.set(0)
     metrics.serve(cfg.metrics_port)  # a standby is a healthy scrape target too (transkube_operator_leader 0)
     health = leader.HealthServer(liveness_port, elector.identity)

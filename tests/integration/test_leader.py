@@ -116,23 +116,34 @@ def assert_never_two_leaders(events: list[LeaderEvent], ends: dict[str, float], 
     incarnation in the same pod (a container runs one process at a time); the current leader runs until now.
     Every interval that reaches `since` or later must not overlap another."""
     now = time.monotonic()
-    starts = {e.identity: e.monotonic for e in events if e.message == "leader acquired"}
-    end_of = dict(ends)
+    # An incarnation ends at SIGKILL (ends), or where the next incarnation in the same pod starts.
+    incarnation_end = dict(ends)
     first_seen: dict[str, LeaderEvent] = {}
     for e in events:
         first_seen.setdefault(e.identity, e)
-        if e.message == "leader lost":
-            end_of[e.identity] = min(end_of.get(e.identity, now), e.monotonic)
     for identity, first in first_seen.items():
         later = [f.monotonic for f in first_seen.values() if f.pod == first.pod and f.monotonic > first.monotonic]
         if later:
-            end_of[identity] = min(end_of.get(identity, now), min(later))
-    intervals = sorted((start, end_of.get(identity, now), identity) for identity, start in starts.items()
-                       if end_of.get(identity, now) >= since)
+            incarnation_end[identity] = min(incarnation_end.get(identity, now), min(later))
+    # One incarnation may lead several times: fenced (`leader lost`) and leading again once it renews.
+    intervals: list[tuple[float, float, str]] = []
+    open_since: dict[str, float] = {}
+    for e in sorted(events, key=lambda x: x.monotonic):
+        if e.message == "leader acquired":
+            open_since.setdefault(e.identity, e.monotonic)
+        elif e.message == "leader lost" and e.identity in open_since:
+            intervals.append((open_since.pop(e.identity), e.monotonic, e.identity))
+    still_open = []
+    for identity, begun in open_since.items():
+        if identity in incarnation_end:
+            intervals.append((begun, incarnation_end[identity], identity))
+        else:
+            intervals.append((begun, now, identity))
+            still_open.append(identity)
+    intervals = sorted(i for i in intervals if i[1] >= since)
     for (_, end_a, a), (start_b, _, b) in itertools.pairwise(intervals):
         assert start_b > end_a, f"{b} acquired at {start_b:.3f} while {a} led until {end_a:.3f}: {intervals}"
-    # Only the incarnation leading now may have no end.
-    assert sum(1 for *_, identity in intervals if identity not in end_of) <= 1, intervals
+    assert len(still_open) <= 1, intervals  # only the incarnation leading now may have no end
 
 
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments"
