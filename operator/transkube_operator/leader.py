@@ -241,13 +241,17 @@ class Elector:
         """One round: read, decide, write. True when this candidate holds the Lease after it."""
         from kubernetes.client.exceptions import ApiException
 
-        got = self.api.get()
         now = time.monotonic()
-        if got is None:
-            self.observation, self.resource_version = None, None
-        else:
-            record, self.resource_version = got
-            self.observation = observe(self.observation, record, now)
+        renewing = self.leading.is_set() and self.resource_version is not None and self.observation is not None \
+            and self.observation.record.holder == self.identity
+        if not renewing:  # a leader renews from its own last write (a 409 sends it back here): one request a round
+            got = self.api.get()
+            now = time.monotonic()
+            if got is None:
+                self.observation, self.resource_version = None, None
+            else:
+                record, self.resource_version = got
+                self.observation = observe(self.observation, record, now)
         if not may_acquire(self.observation, self.identity, now):
             return False
         current = self.observation.record if self.observation else None
@@ -257,6 +261,7 @@ class Elector:
             self.resource_version = self.api.write(record, self.resource_version)
         except ApiException as e:
             if e.status == 409:  # someone else wrote first; read again next round
+                self.resource_version = None
                 return False
             raise
         self.observation = Observation(record, sent)
