@@ -95,6 +95,7 @@ class Runtime:
     rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
     pools: PoolView = field(default_factory=PoolView)  # as of the last pass, plus first sights
     position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
+    provisional: set[Key] = field(default_factory=set)  # first-sight places no pass has checked yet
     indexes: dict[str, Any] = field(default_factory=dict)
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # admission has something to look at
     executor: ThreadPoolExecutor | None = None
@@ -230,6 +231,7 @@ def forget(key: Key, uid: str | None) -> None:
     RT.written_jobs.pop(key, None)
     RT.admission.pop(key, None)
     RT.position_written.pop(key, None)
+    RT.provisional.discard(key)
     RT.refusals.pop(key, None)
     RT.queue.discard_timer(key)
     RT.deliveries.discard_timer(key)
@@ -294,6 +296,7 @@ def snapshot(key: Key) -> Inputs | None:
             RT.admission[key] = decided
             if "position" in decided:
                 RT.position_written[key] = time.monotonic()
+                RT.provisional.add(key)
     return Inputs(key=key, tj=tj, jobs=jobs, pods=list(pods), presets=presets,
                   admission=RT.admission.get(key), refusal=RT.refusals.get(key),
                   ensure_rbac=CFG.manage_worker_rbac and key[0] not in RT.rbac_ready)
@@ -343,14 +346,15 @@ def execute(inp: Inputs) -> Outcome:
             out.deleted_jobs.append(action.name)
         if isinstance(action, DeletePod):
             metrics.STALLS.inc()
-    # The label first: once status says Failed, a selector on the failure category already finds the job.
+    # Events and the label first: once status says Failed, `kubectl describe` shows why and a selector on the
+    # failure category already finds the job.
     leader.check_leading()
+    for event in result.events:
+        k.post_event(tj, event)
     if result.labels_patch:
         out.body = k.patch_labels(namespace, name, result.labels_patch)
     if result.status_patch:
         out.body = k.patch_status(namespace, name, result.status_patch)
-    for event in result.events:
-        k.post_event(tj, event)
     if any(isinstance(a, DeleteTranscodeJob) for a in result.actions):
         k.apply(namespace, uid, DeleteTranscodeJob(), name)
         out.deleted = True
@@ -574,9 +578,13 @@ def admission_pass(now: dt.datetime) -> None:
         log.info("admitting %s/%s", *key)
         RT.admission[key] = {"admittedTime": rfc3339_precise(now), "position": None, "reason": None}
         RT.position_written.pop(key, None)
+        RT.provisional.discard(key)
         RT.queue.add(key)
     stamp = time.monotonic()
-    for key, (position, reason) in queue.positions_due(decision, RT.position_written, stamp).items():
+    checked = frozenset(RT.provisional & decision.seen_waiting)
+    for key, (position, reason) in queue.positions_due(decision, RT.position_written, stamp,
+                                                       provisional=checked).items():
         RT.admission[key] = {"position": position, "reason": reason}
         RT.position_written[key] = stamp
         RT.queue.add(key)
+    RT.provisional -= checked

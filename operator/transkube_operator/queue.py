@@ -88,6 +88,7 @@ class Decision:
     queued: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
     running: Counter[str] = field(default_factory=Counter)  # per pool, after this decision
     previous: dict[Key, tuple[int | None, str | None]] = field(default_factory=dict)  # of the jobs in positions
+    seen_waiting: set[Key] = field(default_factory=set)  # every waiting job this decision placed
 
 
 def decide(tjs: list[Obj], sched: Scheduling, now: dt.datetime) -> Decision:
@@ -109,6 +110,7 @@ def decide(tjs: list[Obj], sched: Scheduling, now: dt.datetime) -> Decision:
             ns_used[e.namespace] += 1
             continue
         place[e.pool] += 1
+        out.seen_waiting.add(e.key)
         reason = REASON_POOL_CAPACITY if used[e.pool] >= capacity else REASON_NAMESPACE_CONCURRENCY
         # Positions past the first few hundred change with every admission and would cost one status write
         # per waiting job per admission; they are left unset ("further back") instead.
@@ -147,14 +149,17 @@ def _refusals(entries: list[Entry], sched: Scheduling, now: dt.datetime) -> dict
 
 
 def positions_due(decision: Decision, last_written: dict[Key, float], now: float,
-                  refresh: float = POSITION_REFRESH_SECONDS) -> dict[Key, tuple[int | None, str]]:
+                  refresh: float = POSITION_REFRESH_SECONDS,
+                  provisional: frozenset[Key] = frozenset()) -> dict[Key, tuple[int | None, str]]:
     """The position changes worth a status write now (`now`, `last_written`: monotonic seconds): a new reason,
-    a job entering or leaving the numbered places, or a position last written `refresh` seconds ago or more.
-    The rest wait for a later pass, which recomputes them."""
+    a job entering or leaving the numbered places, a job moved back (a higher priority overtook it), a
+    provisional first-sight place the pass corrects, or a position last written `refresh` seconds ago or more.
+    Moving forward as the queue drains is what the throttle is for; it waits for a later pass, which recomputes it."""
     due: dict[Key, tuple[int | None, str]] = {}
     for key, (position, reason) in decision.positions.items():
         old_position, old_reason = decision.previous.get(key, (None, None))
-        if reason != old_reason or (position is None) != (old_position is None) \
+        overtaken = position is not None and old_position is not None and position > old_position
+        if key in provisional or overtaken or reason != old_reason or (position is None) != (old_position is None) \
                 or now - last_written.get(key, -math.inf) >= refresh:
             due[key] = (position, reason)
     return due

@@ -149,3 +149,28 @@ def test_first_sight_leaves_quotas_kueue_unknown_pools_and_held_slots_to_the_pas
     assert first_sight("a", "nope", PoolView(), SCHED, "t") is None
     held = PoolView(running=Counter(cpu=1), waiting=Counter(cpu=3))  # a namespace limit holds those three
     assert first_sight("a", "cpu", held, SCHED, "t") is None
+
+
+def test_a_provisional_first_sight_place_is_corrected_at_once() -> None:
+    from transkube_operator.queue import positions_due
+
+    # "late" arrived last with a higher priority: first sight placed it 2nd, the pass puts it 1st.
+    jobs = [tj("run1", admitted=True, ago=100), tj("run2", admitted=True, ago=90),
+            tj("early", ago=50, reason="PoolCapacity", position=1),
+            tj("late", ago=10, priority=5, reason="PoolCapacity", position=2)]
+    d = decide(jobs, SCHED, NOW)
+    assert d.positions == {("a", "late"): (1, "PoolCapacity"), ("a", "early"): (2, "PoolCapacity")}
+    assert d.seen_waiting == {("a", "late"), ("a", "early")}
+    written = dict.fromkeys(d.positions, 100.0)
+    assert positions_due(d, written, now=101.0) == {("a", "early"): (2, "PoolCapacity")}  # overtaken
+    assert positions_due(d, written, now=101.0, provisional=frozenset(d.positions)) == d.positions
+
+
+def test_a_job_overtaken_by_a_higher_priority_is_moved_back_at_once() -> None:
+    from transkube_operator.queue import positions_due
+
+    jobs = [tj("run1", admitted=True, ago=100), tj("run2", admitted=True, ago=90),
+            tj("w1", ago=50, reason="PoolCapacity", position=1), tj("vip", ago=5, priority=9)]
+    d = decide(jobs, SCHED, NOW)
+    assert d.positions[("a", "w1")] == (2, "PoolCapacity")
+    assert ("a", "w1") in positions_due(d, {("a", "w1"): 100.0}, now=101.0)
