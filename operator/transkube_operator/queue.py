@@ -27,7 +27,7 @@ REASON_NAMESPACE_CONCURRENCY = "NamespaceConcurrency"
 DAY = dt.timedelta(days=1)
 # A waiting job's position is rewritten at most this often (unless it enters or leaves the first max_positions,
 # or its reason changes): every admission moves every position behind it, and each move is a status write.
-POSITION_REFRESH_SECONDS = 60.0
+POSITION_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
