@@ -17,11 +17,12 @@ Steps (all on the same cluster, one after the other):
      worker's (`kubectl apply -f`), timed until a watch has seen them, then a list of 200 TranscodeJobs applied
      the same way, timed until a watch has seen their worker Jobs (operator labels); N of each in all, so both
      sides see the same load on a shared machine. The raw Jobs are deleted at the end (and waited for)
-  4. idle: wait for quiet (no new Event in the jobs' namespace for 10 s: the Job controller's trailing
-     "Suspended" Events and the operator's have been posted; capped at 180 s), then apiserver_request_total
-     (GET /metrics, admin kubeconfig) before and after --idle-window: requests/s, net of the step-0
-     background, by verb/resource; the operator's own transkube_operator_api_requests_total{verb,resource,code}
-     from its metrics port if it exposes it ("n/a" otherwise)
+  4. idle: wait for quiet (the Job controller has synced every Job, then no new Event in the jobs' namespace
+     for 10 s: its trailing "Suspended" Events and the operator's have been posted; capped at 20 min), then
+     apiserver_request_total (GET /metrics, admin kubeconfig) before and after --idle-window: requests/s, net
+     of the step-0 background, by verb/resource; the operator's own
+     transkube_operator_api_requests_total{verb,resource,code} from its metrics port if it exposes it ("n/a"
+     otherwise)
   5. memory: operator and shim RSS with N TranscodeJobs present (also before step 2 and at the end):
      process_resident_memory_bytes from their metrics endpoints if exposed, else VmRSS from /proc of the pod's
      processes (the dev node agent runs pods as host processes; it writes each container's PID)
@@ -433,13 +434,35 @@ def timed_create(env: Env, items: list[Obj], namespace: str, watch: JobWatch, n:
 
 
 def event_count(env: Env, ns: str) -> int:
-    return len(env.kube.get(f"/api/v1/namespaces/{ns}/events")["items"])
+    """Events in `ns`, from one item and the list's remainingItemCount (not 10,000 Events every 2 s)."""
+    page = env.kube.get(f"/api/v1/namespaces/{ns}/events", limit=1)
+    return len(page["items"]) + int((page.get("metadata") or {}).get("remainingItemCount") or 0)
 
 
-def wait_quiet(env: Env, ns: str, cap: float = 180) -> float:
-    """Until no new Event appears in `ns` for 10 s (the Job controller's trailing "Suspended" Events, the
-    operator's), capped; returns the seconds waited."""
+def unsynced_jobs(env: Env, ns: str) -> int:
+    """Jobs in `ns` the Job controller has not synced yet: neither a condition (a suspended Job gets
+    "Suspended") nor a startTime. Paged, so 10,000 Jobs are not one response."""
+    count, token = 0, None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if token:
+            params["continue"] = token
+        page = env.kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs", **params)
+        count += sum(1 for j in page["items"]
+                     if not (j.get("status") or {}).get("conditions") and not (j.get("status") or {}).get("startTime"))
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return count
+
+
+def wait_quiet(env: Env, ns: str, cap: float = 1200) -> float:
+    """Until the Job controller has synced every Job in `ns` (it writes each suspended Job's status at its
+    default 20 requests/s, so 10,000 queued Jobs take it minutes), then no new Event appears in `ns` for 10 s
+    (its trailing "Suspended" Events, the operator's); capped; returns the seconds waited."""
     t0 = time.monotonic()
+    while time.monotonic() - t0 < cap and (left := unsynced_jobs(env, ns)):
+        log(f"  waiting for the Job controller: {left} Jobs not synced yet")
+        time.sleep(10)
     last, stable_since = -1, time.monotonic()
     while time.monotonic() - t0 < cap:
         count = event_count(env, ns)
