@@ -21,7 +21,6 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
-from .queue import PoolView
 from .reconcile import (
     TERMINAL,
     CreateJob,
@@ -93,7 +91,7 @@ class Runtime:
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
     refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
-    pools: PoolView = field(default_factory=PoolView)  # as of the last pass, plus first sights
+    queue_state: queue.Admission = field(default_factory=queue.Admission)  # the index, decisions overlaid
     position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
     provisional: set[Key] = field(default_factory=set)  # first-sight places no pass has checked yet
     indexes: dict[str, Any] = field(default_factory=dict)
@@ -138,8 +136,26 @@ async def preset_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Obj]:
 
 
 def _remember_indexes(kwargs: Mapping[str, Any]) -> None:
+    """On the first handler call: kopf calls none before every index holds its initial listing, so admission
+    starts from a complete queue; from then on each TranscodeJob event updates it (refresh_queue)."""
     if not RT.indexes:
         RT.indexes = {k: kwargs[k] for k in ("tj_index", "job_index", "pod_index", "preset_index") if k in kwargs}
+        for key in list(RT.indexes.get("tj_index", {})):
+            refresh_queue(key)
+
+
+def refresh_queue(key: Key) -> None:
+    """Admission's view of one job: its index entry with a decision not written yet overlaid (so a slot is
+    never given twice); the overlay goes once the job's status shows it."""
+    entry = _first(RT.indexes.get("tj_index", {}).get(key))
+    if entry is None:
+        RT.queue_state.remove(key)
+        return
+    pending = RT.admission.get(key)
+    if pending is not None and cache.decision_written(entry, pending):
+        del RT.admission[key]
+        pending = None
+    RT.queue_state.upsert(queue.entry_of(cache.queue_view(entry, pending)))
 
 
 # ---- startup ---------------------------------------------------------------------------------------------
@@ -201,11 +217,12 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
         return
     body = dict(event["object"])
     held = RT.bodies.identity(key)
-    same = held is not None and held[0] == uid
-    if held is not None and same and held[1] >= cache.resource_version(body):
-        return  # our own write coming back: the reconcile that made it already saw it
-    if held is not None and not same:
+    if held is not None and held[0] != uid:
         forget(key, held[0])
+    elif held is not None and held[1] >= cache.resource_version(body):
+        refresh_queue(key)
+        return  # our own write coming back: the reconcile that made it already saw it
+    refresh_queue(key)
     RT.bodies.put(key, body)
     RT.queue.add(key)
 
@@ -230,6 +247,7 @@ def forget(key: Key, uid: str | None) -> None:
     RT.bodies.pop(key)
     RT.written_jobs.pop(key, None)
     RT.admission.pop(key, None)
+    RT.queue_state.remove(key)
     RT.position_written.pop(key, None)
     RT.provisional.discard(key)
     RT.refusals.pop(key, None)
@@ -294,6 +312,7 @@ def snapshot(key: Key) -> Inputs | None:
         decided = first_sight(tj)
         if decided is not None:
             RT.admission[key] = decided
+            refresh_queue(key)
             if "position" in decided:
                 RT.position_written[key] = time.monotonic()
                 RT.provisional.add(key)
@@ -310,8 +329,8 @@ def first_sight(tj: Obj) -> Obj | None:
         return None
     accelerator = (spec.get("accelerator") or {}).get("type") or DEFAULT_ACCELERATOR
     pool = pool_for(spec.get("pool"), accelerator, CFG.scheduling)
-    return queue.first_sight(tj["metadata"]["namespace"], pool, RT.pools, CFG.scheduling,
-                             rfc3339_precise(dt.datetime.now(dt.UTC)))
+    return queue.first_sight(tj["metadata"]["namespace"], pool, RT.queue_state.running[pool],
+                             RT.queue_state.waiting(pool), CFG.scheduling, rfc3339_precise(dt.datetime.now(dt.UTC)))
 
 
 def execute(inp: Inputs) -> Outcome:
@@ -380,6 +399,7 @@ def absorb(inp: Inputs, out: Outcome) -> None:
     if inp.admission is not None and pending is inp.admission \
             and not cache.decision_written({"status": out.status}, inp.admission):
         del RT.admission[key]  # the plan did not take it (a pool it does not run in, a suspend): the pass decides
+        refresh_queue(key)
     result = out.plan
     old_phase = (tj.get("status") or {}).get("phase")
     if result.phase in TERMINAL:
@@ -538,34 +558,15 @@ async def admission_loop() -> None:
         await asyncio.sleep(ADMISSION_MIN_INTERVAL)
 
 
-def queue_entries() -> list[Obj]:
-    """Every TranscodeJob as admission sees it: the index, with decisions not yet written overlaid."""
-    index = RT.indexes.get("tj_index")
-    if index is None:
-        return []
-    entries: list[Obj] = []
-    for key, store in index.items():
-        entry = _first(store)
-        if entry is None:
-            continue
-        pending = RT.admission.get(key)
-        if pending is not None and cache.decision_written(entry, pending):
-            del RT.admission[key]
-            pending = None
-        entries.append(cache.queue_view(entry, pending))
-    for key in [k for k in RT.admission if k not in index]:
-        del RT.admission[key]
-    return entries
-
-
 def admission_pass(now: dt.datetime) -> None:
-    entries = queue_entries()
+    if not RT.indexes:
+        return  # no handler has run yet: the indexes may not hold the initial listing
+    state = RT.queue_state
     sched = CFG.scheduling
-    decision = queue.decide(entries, sched, now)
-    failed = Counter(str((e.get("status") or {}).get("failureCategory") or "Internal") for e in entries
-                     if (e.get("status") or {}).get("phase") == "Failed")
+    decision = state.decide(sched, now)
     metrics.record_queue(dict(decision.queued), dict(decision.running),
-                         {name: pool.capacity for name, pool in sched.pools.items()}, dict(failed))
+                         {name: pool.capacity for name, pool in sched.pools.items()},
+                         {c: n for c, n in state.failed.items() if n > 0})
     if sched.mode != "builtin":
         return
     for key, message in decision.refuse.items():
@@ -573,18 +574,19 @@ def admission_pass(now: dt.datetime) -> None:
             log.info("refusing %s/%s: %s", *key, message)
             RT.refusals[key] = (REASON_QUOTA_EXCEEDED, message)
             RT.queue.add(key)
-    RT.pools = PoolView(running=Counter(decision.running), waiting=Counter(decision.queued))
     for key in decision.admit:
         log.info("admitting %s/%s", *key)
         RT.admission[key] = {"admittedTime": rfc3339_precise(now), "position": None, "reason": None}
+        refresh_queue(key)
         RT.position_written.pop(key, None)
         RT.provisional.discard(key)
         RT.queue.add(key)
     stamp = time.monotonic()
-    checked = frozenset(RT.provisional & decision.seen_waiting)
+    checked = frozenset(k for k in RT.provisional if state.is_waiting(k) and k not in decision.refuse)
     for key, (position, reason) in queue.positions_due(decision, RT.position_written, stamp,
                                                        provisional=checked).items():
         RT.admission[key] = {"position": position, "reason": reason}
+        refresh_queue(key)
         RT.position_written[key] = stamp
         RT.queue.add(key)
     RT.provisional -= checked

@@ -126,29 +126,40 @@ def test_a_new_reason_or_a_numbered_place_gained_or_lost_is_written_at_once() ->
     assert positions_due(d, recent, now=1.0, refresh=30) == d.positions
 
 
-def test_first_sight_admits_into_a_free_slot_only_when_nobody_waits_and_counts_what_it_took() -> None:
-    from transkube_operator.queue import PoolView, first_sight
+def test_first_sight_admits_into_a_free_slot_only_when_nobody_waits() -> None:
+    from transkube_operator.queue import first_sight
 
-    view = PoolView()
-    assert first_sight("a", "cpu", view, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
-    assert first_sight("a", "cpu", view, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
-    assert first_sight("a", "cpu", view, SCHED, "t") == {"pool": "cpu", "position": 1, "reason": "PoolCapacity"}
-    assert first_sight("b", "cpu", view, SCHED, "t") == {"pool": "cpu", "position": 2, "reason": "PoolCapacity"}
-    assert (view.running["cpu"], view.waiting["cpu"]) == (2, 2)
+    assert first_sight("a", "cpu", 0, 0, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
+    assert first_sight("a", "cpu", 1, 0, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
+    assert first_sight("a", "cpu", 2, 0, SCHED, "t") == {"pool": "cpu", "position": 1, "reason": "PoolCapacity"}
+    assert first_sight("b", "cpu", 2, 1, SCHED, "t") == {"pool": "cpu", "position": 2, "reason": "PoolCapacity"}
+    few = Scheduling(pools={"cpu": Pool(1)}, max_positions=3)
+    assert first_sight("b", "cpu", 1, 3, few, "t") == {"pool": "cpu", "position": None, "reason": "PoolCapacity"}
+
+
+def test_what_first_sight_takes_counts_at_once_in_the_admission_state() -> None:
+    from transkube_operator.queue import Admission, entry_of, first_sight
+
+    state = Admission()
+    for i in range(4):
+        decided = first_sight("a", "cpu", state.running["cpu"], state.waiting("cpu"), SCHED, ts(0))
+        assert decided is not None
+        # The overlay a not-yet-written first sight puts on a job without status (handlers.refresh_queue).
+        state.upsert(entry_of({"metadata": {"namespace": "a", "name": f"j{i}", "creationTimestamp": ts(0)},
+                               "spec": {}, "status": {"queue": decided}}))
+    assert (state.running["cpu"], state.waiting("cpu")) == (2, 2)
+    assert decided == {"pool": "cpu", "position": 2, "reason": "PoolCapacity"}
 
 
 def test_first_sight_leaves_quotas_kueue_unknown_pools_and_held_slots_to_the_pass() -> None:
-    from collections import Counter
-
-    from transkube_operator.queue import PoolView, first_sight
+    from transkube_operator.queue import first_sight
 
     limited = Scheduling(pools={"cpu": Pool(2)}, quotas={"a": NamespaceQuota(max_concurrent=1)})
-    assert first_sight("a", "cpu", PoolView(), limited, "t") is None
-    assert first_sight("b", "cpu", PoolView(), limited, "t") is not None
-    assert first_sight("a", "cpu", PoolView(), Scheduling(pools={"cpu": Pool(2)}, mode="kueue"), "t") is None
-    assert first_sight("a", "nope", PoolView(), SCHED, "t") is None
-    held = PoolView(running=Counter(cpu=1), waiting=Counter(cpu=3))  # a namespace limit holds those three
-    assert first_sight("a", "cpu", held, SCHED, "t") is None
+    assert first_sight("a", "cpu", 0, 0, limited, "t") is None
+    assert first_sight("b", "cpu", 0, 0, limited, "t") is not None
+    assert first_sight("a", "cpu", 0, 0, Scheduling(pools={"cpu": Pool(2)}, mode="kueue"), "t") is None
+    assert first_sight("a", "nope", 0, 0, SCHED, "t") is None
+    assert first_sight("a", "cpu", 1, 3, SCHED, "t") is None  # a namespace limit holds those three
 
 
 def test_a_provisional_first_sight_place_is_corrected_at_once() -> None:
@@ -160,7 +171,6 @@ def test_a_provisional_first_sight_place_is_corrected_at_once() -> None:
             tj("late", ago=10, priority=5, reason="PoolCapacity", position=2)]
     d = decide(jobs, SCHED, NOW)
     assert d.positions == {("a", "late"): (1, "PoolCapacity"), ("a", "early"): (2, "PoolCapacity")}
-    assert d.seen_waiting == {("a", "late"), ("a", "early")}
     written = dict.fromkeys(d.positions, 100.0)
     assert positions_due(d, written, now=101.0) == {("a", "early"): (2, "PoolCapacity")}  # overtaken
     assert positions_due(d, written, now=101.0, provisional=frozenset(d.positions)) == d.positions
@@ -174,3 +184,67 @@ def test_a_job_overtaken_by_a_higher_priority_is_moved_back_at_once() -> None:
     d = decide(jobs, SCHED, NOW)
     assert d.positions[("a", "w1")] == (2, "PoolCapacity")
     assert ("a", "w1") in positions_due(d, {("a", "w1"): 100.0}, now=101.0)
+
+
+def oracle(tjs: list[dict[str, Any]], sched: Scheduling, now: dt.datetime) -> tuple[Any, ...]:
+    """The admission rule stated plainly: sort every waiting job, walk them all (what decide() must equal)."""
+    from collections import Counter
+
+    from transkube_operator.queue import REASON_NAMESPACE_CONCURRENCY, REASON_POOL_CAPACITY, _refusals, \
+        effective_priority, entry_of
+
+    entries = [entry_of(t) for t in tjs]
+    refuse = _refusals(entries, sched, now)
+    used = Counter(e.pool for e in entries if e.holds_capacity and e.pool)
+    ns_used = Counter(e.namespace for e in entries if e.holds_capacity)
+    waiting = sorted((e for e in entries if e.waiting and e.key not in refuse),
+                     key=lambda e: (-effective_priority(e, sched, now), e.enqueued, e.namespace, e.name))
+    admit, positions, place = [], {}, Counter()
+    for e in waiting:
+        assert e.pool is not None
+        capacity = sched.pools[e.pool].capacity if e.pool in sched.pools else 0
+        limit = sched.quota(e.namespace).max_concurrent
+        if used[e.pool] < capacity and (limit is None or ns_used[e.namespace] < limit):
+            admit.append(e.key)
+            used[e.pool] += 1
+            ns_used[e.namespace] += 1
+            continue
+        place[e.pool] += 1
+        reason = REASON_POOL_CAPACITY if used[e.pool] >= capacity else REASON_NAMESPACE_CONCURRENCY
+        position = place[e.pool] if place[e.pool] <= sched.max_positions else None
+        if (e.position, e.reason) != (position, reason):
+            positions[e.key] = (position, reason)
+    return admit, positions, refuse, +place, +used
+
+
+def test_the_incremental_pass_equals_sorting_everything_through_random_changes() -> None:
+    """Admission keeps its queue up to date one job at a time and walks only the head of each pool; after every
+    change its decision equals the plain rule's over the whole list (priorities, aging, namespace limits,
+    quotas, unknown pools, a few numbered places)."""
+    import random
+
+    from transkube_operator.queue import Admission, entry_of
+
+    rng = random.Random(12)
+    sched = Scheduling(pools={"cpu": Pool(3), "gpu": Pool(1, "nvidia"), "none": Pool(0)}, aging_seconds=60,
+                       quotas={"q": NamespaceQuota(max_concurrent=1, max_queued=4),
+                               "d": NamespaceQuota(max_per_day=6)}, max_positions=4)
+    jobs: dict[tuple[str, str], dict[str, Any]] = {}
+    state = Admission()
+    for step in range(600):
+        key = (rng.choice(["a", "b", "q", "d"]), f"j{rng.randrange(40)}")
+        if key in jobs and rng.random() < 0.15:
+            del jobs[key]
+            state.remove(key)
+        else:
+            phase = rng.choice(["Queued", "Queued", "Queued", "Running", "Succeeded", "Failed"])
+            body = tj(key[1], ns=key[0], pool=rng.choice(["cpu", "cpu", "gpu", "none", "gone"]),
+                      priority=rng.choice([0, 0, 5, -5]), ago=rng.uniform(0, 600), phase=phase,
+                      admitted=phase != "Queued" or rng.random() < 0.1, suspend=rng.random() < 0.05,
+                      reason=rng.choice([None, "PoolCapacity", "NamespaceConcurrency"]),
+                      position=rng.choice([None, None, 1, 2, 3, 5]))
+            jobs[key] = body
+            state.upsert(entry_of(body))
+        d = state.decide(sched, NOW)
+        want = oracle(list(jobs.values()), sched, NOW)
+        assert (d.admit, d.positions, d.refuse, +d.queued, +d.running) == want, step
