@@ -60,6 +60,7 @@ from .reconcile import (
     presets_needed,
     rfc3339_precise,
 )
+from .queue import Admission
 from .workqueue import WorkQueue
 
 DEFAULT_ACCELERATOR: str = AcceleratorSpec.model_fields["type"].default
@@ -91,7 +92,7 @@ class Runtime:
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
     refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
-    queue_state: queue.Admission = field(default_factory=queue.Admission)  # the index, decisions overlaid
+    queue_state: Admission = field(default_factory=Admission)  # the index, decisions overlaid
     position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
     provisional: set[Key] = field(default_factory=set)  # first-sight places no pass has checked yet
     indexes: dict[str, Any] = field(default_factory=dict)

@@ -8,6 +8,7 @@ same pod template, image, ServiceAccount, RBAC and Lease.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -105,8 +106,6 @@ class LeaseRecorder:
 
 
 def wall(rfc3339: str) -> float:
-    import datetime as dt
-
     return dt.datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
 
 
@@ -308,6 +307,19 @@ def kill_leader(kube: Kube, cluster: ClusterState) -> tuple[str, float]:
     return identity, time.monotonic()
 
 
+def assert_admission_order(tjs: list[Obj]) -> None:
+    """Priority, then FIFO, across leaders: no job was admitted while a better one (a higher priority, or the same
+    and enqueued earlier) had been waiting since before (well within aging's first step)."""
+    def when(value: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    jobs = [(o["metadata"]["name"], int(o["spec"].get("priority") or 0), when(o["status"]["queue"]["enqueuedTime"]),
+             when(o["status"]["queue"]["admittedTime"])) for o in tjs]
+    jumped = [(y, x) for y, py, ey, ay in jobs for x, px, ex, ax in jobs
+              if (px, -ex.timestamp()) > (py, -ey.timestamp()) and ex < ay and ax > ay]
+    assert not jumped, f"admitted ahead of a better waiting job (admitted, overtaken): {jumped}"
+
+
 def test_leader_kills_lose_and_duplicate_nothing(two_replicas: None, kube: Kube, cluster: ClusterState,
                                                  tj_namespace: str, s3: Any, tmp_path: Path) -> None:
     """Leader kills: CHAOS_JOBS short jobs through the 4-slot `chaos` pool, each with webhooks, while the leader
@@ -359,6 +371,7 @@ def test_leader_kills_lose_and_duplicate_nothing(two_replicas: None, kube: Kube,
                  timeout=max(30.0, deadline - time.monotonic()), interval=1)
         items = {o["metadata"]["name"]: o for o in kube.get(tj_path(ns))["items"]}
         assert {n: items[n]["status"]["phase"] for n in names} == dict.fromkeys(names, "Succeeded")
+        assert_admission_order([items[n] for n in names])
 
         # Exactly one Job per TranscodeJob (Job names are fixed per job, so a second would be a duplicate create),
         # and one worker pod per attempt.
