@@ -46,6 +46,7 @@ from .cache import Key, Obj
 from .config import OperatorConfig
 from .jobspec import worker_rbac
 from .k8s import Kube
+from .queue import Admission
 from .reconcile import (
     TERMINAL,
     CreateJob,
@@ -60,7 +61,6 @@ from .reconcile import (
     presets_needed,
     rfc3339_precise,
 )
-from .queue import Admission
 from .workqueue import WorkQueue
 
 DEFAULT_ACCELERATOR: str = AcceleratorSpec.model_fields["type"].default

@@ -190,8 +190,13 @@ def oracle(tjs: list[dict[str, Any]], sched: Scheduling, now: dt.datetime) -> tu
     """The admission rule stated plainly: sort every waiting job, walk them all (what decide() must equal)."""
     from collections import Counter
 
-    from transkube_operator.queue import REASON_NAMESPACE_CONCURRENCY, REASON_POOL_CAPACITY, _refusals, \
-        effective_priority, entry_of
+    from transkube_operator.queue import (
+        REASON_NAMESPACE_CONCURRENCY,
+        REASON_POOL_CAPACITY,
+        _refusals,
+        effective_priority,
+        entry_of,
+    )
 
     entries = [entry_of(t) for t in tjs]
     refuse = _refusals(entries, sched, now)
@@ -225,7 +230,7 @@ def test_the_incremental_pass_equals_sorting_everything_through_random_changes()
 
     from transkube_operator.queue import Admission, entry_of
 
-    rng = random.Random(12)
+    rng = random.Random(12)  # noqa: S311 (test data, not secrets)
     sched = Scheduling(pools={"cpu": Pool(3), "gpu": Pool(1, "nvidia"), "none": Pool(0)}, aging_seconds=60,
                        quotas={"q": NamespaceQuota(max_concurrent=1, max_queued=4),
                                "d": NamespaceQuota(max_per_day=6)}, max_positions=4)
