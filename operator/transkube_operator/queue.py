@@ -293,11 +293,13 @@ def positions_due(decision: Decision, last_written: dict[Key, float], now: float
     return due
 
 
-def first_sight(namespace: str, pool: str, running: int, waiting: int, sched: Scheduling, now: str) -> Obj | None:
+def first_sight(namespace: str, pool: str, running: int, waiting: int, sched: Scheduling, now: str,
+                enqueued: str) -> Obj | None:
     """status.queue keys for a job the operator sees for the first time, so its first write is already right:
     admitted at once when its pool has a free slot and nobody waits there (no one is overtaken), else queued
     behind the `waiting` ones with a provisional place (the next pass corrects it if a priority says otherwise).
-    None when the pass must decide (namespace quotas, kueue, an unknown pool)."""
+    None when the pass must decide (namespace quotas, kueue, an unknown pool). `enqueued` is its FIFO time
+    (reconcile.enqueue_time), so a pass before its first write lands orders it right."""
     quota = sched.quota(namespace)
     if sched.mode != "builtin" or pool not in sched.pools \
             or (quota.max_concurrent, quota.max_queued, quota.max_per_day) != (None, None, None):
@@ -305,7 +307,7 @@ def first_sight(namespace: str, pool: str, running: int, waiting: int, sched: Sc
     if running < sched.pools[pool].capacity:
         if waiting:
             return None  # a free slot while jobs wait: a namespace limit holds them; the pass knows which
-        return {"pool": pool, "admittedTime": now}
+        return {"pool": pool, "admittedTime": now, "enqueuedTime": enqueued}
     place = waiting + 1
     return {"pool": pool, "position": place if place <= sched.max_positions else None,
-            "reason": REASON_POOL_CAPACITY}
+            "reason": REASON_POOL_CAPACITY, "enqueuedTime": enqueued}

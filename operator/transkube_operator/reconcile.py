@@ -40,6 +40,10 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 # Status keys written only along with a change that matters (see _piggyback).
 PIGGYBACK = frozenset({"attemptHistory", "attempts", "startTime"})
 WAITING_FOR_POD = ("Pending", "waiting for the worker pod to start")  # status.reason and message
+# A worker pod unschedulable for less than this is usually waiting for a finishing pod's resources to be freed
+# (a slot was just released), not news: reporting it would cost two status writes (set, then cleared) per job
+# on a tightly packed node. Lasting longer, status says Unschedulable.
+UNSCHEDULABLE_GRACE_SECONDS = 10.0
 PENDING_REASONS = ("Unschedulable", "FallbackToCPU", "RetryBackoff", REASON_STALLED)
 OPERATOR_KEYS = ("observedGeneration", "phase", "reason", "message", "conditions", "attempts", "jobName",
                  "accelerator", "startTime", "completionTime", "resolvedOutputs", "presets", "queue",
@@ -464,7 +468,12 @@ def plan(tj: Obj, jobs: list[Obj], pods: list[Obj], cfg: OperatorConfig, now: dt
         message += f"; next attempt at {desired['nextAttemptTime']}" if in_backoff else "; retrying"
     blocked = next((c for p in current if (c := _unschedulable(p))), None)
     if blocked:
-        reason, message = "Unschedulable", str(blocked.get("message", ""))
+        since = parse_time(blocked.get("lastTransitionTime"))
+        if since is None or (now - since).total_seconds() >= UNSCHEDULABLE_GRACE_SECONDS:
+            reason, message = "Unschedulable", str(blocked.get("message", ""))
+        else:  # news only if it lasts: re-checked when the grace ends
+            due = since + dt.timedelta(seconds=UNSCHEDULABLE_GRACE_SECONDS)
+            wake_at = due if wake_at is None or due < wake_at else wake_at
         created = parse_time(job["metadata"].get("creationTimestamp"))
         waited = (now - created).total_seconds() if created else 0.0
         if (effective == "nvidia" and spec.accelerator.fallback == "cpu"

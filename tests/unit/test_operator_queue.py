@@ -129,12 +129,15 @@ def test_a_new_reason_or_a_numbered_place_gained_or_lost_is_written_at_once() ->
 def test_first_sight_admits_into_a_free_slot_only_when_nobody_waits() -> None:
     from transkube_operator.queue import first_sight
 
-    assert first_sight("a", "cpu", 0, 0, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
-    assert first_sight("a", "cpu", 1, 0, SCHED, "t") == {"pool": "cpu", "admittedTime": "t"}
-    assert first_sight("a", "cpu", 2, 0, SCHED, "t") == {"pool": "cpu", "position": 1, "reason": "PoolCapacity"}
-    assert first_sight("b", "cpu", 2, 1, SCHED, "t") == {"pool": "cpu", "position": 2, "reason": "PoolCapacity"}
+    assert first_sight("a", "cpu", 0, 0, SCHED, "t", "e") == {"pool": "cpu", "admittedTime": "t", "enqueuedTime": "e"}
+    assert first_sight("a", "cpu", 1, 0, SCHED, "t", "e") == {"pool": "cpu", "admittedTime": "t", "enqueuedTime": "e"}
+    assert first_sight("a", "cpu", 2, 0, SCHED, "t", "e") == {"pool": "cpu", "position": 1, "reason": "PoolCapacity",
+                                                                  "enqueuedTime": "e"}
+    assert first_sight("b", "cpu", 2, 1, SCHED, "t", "e") == {"pool": "cpu", "position": 2, "reason": "PoolCapacity",
+                                                                  "enqueuedTime": "e"}
     few = Scheduling(pools={"cpu": Pool(1)}, max_positions=3)
-    assert first_sight("b", "cpu", 1, 3, few, "t") == {"pool": "cpu", "position": None, "reason": "PoolCapacity"}
+    assert first_sight("b", "cpu", 1, 3, few, "t", "e") == {"pool": "cpu", "position": None, "reason": "PoolCapacity",
+                                                                  "enqueuedTime": "e"}
 
 
 def test_what_first_sight_takes_counts_at_once_in_the_admission_state() -> None:
@@ -142,24 +145,24 @@ def test_what_first_sight_takes_counts_at_once_in_the_admission_state() -> None:
 
     state = Admission()
     for i in range(4):
-        decided = first_sight("a", "cpu", state.running["cpu"], state.waiting("cpu"), SCHED, ts(0))
+        decided = first_sight("a", "cpu", state.running["cpu"], state.waiting("cpu"), SCHED, ts(0), ts(-i))
         assert decided is not None
         # The overlay a not-yet-written first sight puts on a job without status (handlers.refresh_queue).
         state.upsert(entry_of({"metadata": {"namespace": "a", "name": f"j{i}", "creationTimestamp": ts(0)},
                                "spec": {}, "status": {"queue": decided}}))
     assert (state.running["cpu"], state.waiting("cpu")) == (2, 2)
-    assert decided == {"pool": "cpu", "position": 2, "reason": "PoolCapacity"}
+    assert decided == {"pool": "cpu", "position": 2, "reason": "PoolCapacity", "enqueuedTime": ts(-3)}
 
 
 def test_first_sight_leaves_quotas_kueue_unknown_pools_and_held_slots_to_the_pass() -> None:
     from transkube_operator.queue import first_sight
 
     limited = Scheduling(pools={"cpu": Pool(2)}, quotas={"a": NamespaceQuota(max_concurrent=1)})
-    assert first_sight("a", "cpu", 0, 0, limited, "t") is None
-    assert first_sight("b", "cpu", 0, 0, limited, "t") is not None
-    assert first_sight("a", "cpu", 0, 0, Scheduling(pools={"cpu": Pool(2)}, mode="kueue"), "t") is None
-    assert first_sight("a", "nope", 0, 0, SCHED, "t") is None
-    assert first_sight("a", "cpu", 1, 3, SCHED, "t") is None  # a namespace limit holds those three
+    assert first_sight("a", "cpu", 0, 0, limited, "t", "e") is None
+    assert first_sight("b", "cpu", 0, 0, limited, "t", "e") is not None
+    assert first_sight("a", "cpu", 0, 0, Scheduling(pools={"cpu": Pool(2)}, mode="kueue"), "t", "e") is None
+    assert first_sight("a", "nope", 0, 0, SCHED, "t", "e") is None
+    assert first_sight("a", "cpu", 1, 3, SCHED, "t", "e") is None  # a namespace limit holds those three
 
 
 def test_a_provisional_first_sight_place_is_corrected_at_once() -> None:

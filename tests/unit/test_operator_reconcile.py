@@ -464,3 +464,19 @@ def test_an_attempt_that_ended_badly_is_written_at_once_its_pod_may_vanish() -> 
     assert after.events == [] and after.phase == "Pending"
     first = after.status_patch["attemptHistory"][0]
     assert first["finishTime"] and first["reason"] != "Succeeded"
+
+
+def test_a_briefly_unschedulable_pod_is_not_news_until_it_lasts() -> None:
+    """A pod the scheduler could not place a moment ago is usually waiting for a finished pod's resources: status
+    says so only once the grace has passed (two writes saved per job on a packed node); a timer re-checks."""
+    from transkube_operator.reconcile import UNSCHEDULABLE_GRACE_SECONDS
+
+    status = {"phase": "Pending", "queue": {**ADMITTED, "pool": "cpu"}}
+    since = NOW - dt.timedelta(seconds=2)
+    stuck = pod("movie-a", "Pending", unschedulable="0/1 nodes are available: 1 Insufficient cpu.")
+    stuck["status"]["conditions"][0]["lastTransitionTime"] = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    early = plan(tj({}, status), [job()], [stuck], CFG, NOW)
+    assert early.status_patch.get("reason") != "Unschedulable"
+    assert early.wake_at == since + dt.timedelta(seconds=UNSCHEDULABLE_GRACE_SECONDS)
+    later = plan(tj({}, status), [job()], [stuck], CFG, NOW + dt.timedelta(seconds=UNSCHEDULABLE_GRACE_SECONDS))
+    assert later.status_patch["reason"] == "Unschedulable"
