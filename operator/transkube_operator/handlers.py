@@ -231,7 +231,7 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
     if event.get("type") == "DELETED":
         forget(key, uid)
         return
-    body = dict(event["object"])
+    body: Obj = dict(event["object"])
     held = RT.bodies.identity(key)
     if held is not None and held[0] != uid:
         forget(key, held[0])
@@ -240,7 +240,7 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
         return  # our own write coming back: the reconcile that made it already saw it
     refresh_queue(key)
     RT.bodies.put(key, body)
-    RT.queue.add(key)
+    RT.queue.add(key, urgent=not (body.get("status") or {}).get("phase"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})

@@ -46,13 +46,21 @@ class WorkQueue(Generic[K]):
     def delayed(self) -> int:
         return len(self._due)
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
+        """Queues `key`; `urgent` puts it first (a job nobody has acted on yet, seen while an operator that just
+        started reconciles every existing job once: the new one should not wait behind them all)."""
         if key in self._dirty:
+            if urgent and key in self._ready and self._ready[0] != key:
+                self._ready.remove(key)
+                self._ready.appendleft(key)
             return
         self._dirty.add(key)
         self._added_at.setdefault(key, self._clock())
         if key not in self._processing:
-            self._ready.append(key)
+            if urgent:
+                self._ready.appendleft(key)
+            else:
+                self._ready.append(key)
             self._wakeup.set()
 
     def add_after(self, key: K, delay: float) -> None:

@@ -40,6 +40,17 @@ def test_keys_coalesce_and_never_run_twice_at_once() -> None:
     asyncio.run(run())
 
 
+def test_an_urgent_key_goes_first_even_when_already_queued() -> None:
+    async def run() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        for key in ("old-1", "old-2", "seen"):
+            q.add(key)
+        q.add("new", urgent=True)  # a job nobody acted on yet, behind a restart's resync of every job
+        q.add("seen", urgent=True)
+        assert [(await q.get())[0] for _ in range(4)] == ["seen", "new", "old-1", "old-2"]
+    asyncio.run(run())
+
+
 def test_timers_keep_the_earliest_due_time_per_key() -> None:
     clock = Clock()
     q: WorkQueue[str] = WorkQueue(clock=clock)
