@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers
+    from . import handlers, kopf_fixes
+
+    kopf_fixes.apply()
 
     if args.check:
         print(f"transkube-operator {__version__}: handlers loaded", file=sys.stderr)

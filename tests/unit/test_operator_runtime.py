@@ -197,3 +197,35 @@ def test_bodies_keep_compact_json_and_take_only_newer_copies_of_the_same_object(
     assert bodies.identity(("n", "a")) == ("u1", 11)
     bodies.pop(("n", "a"))
     assert bodies.get(("n", "a")) is None and bodies.identity(("n", "a")) is None
+
+
+def test_kopf_toggle_sets_wake_waiters_only_when_their_state_flips() -> None:
+    """kopf_fixes: adding or dropping one of N indexing toggles no longer wakes all N waiting objects; the waiters
+    still wake when the set turns on (the last off toggle dropped) and when a toggle itself turns."""
+    from kopf._cogs.aiokits import aiotoggles
+    from transkube_operator import kopf_fixes
+
+    assert kopf_fixes.apply()
+
+    async def run() -> None:
+        ts = aiotoggles.ToggleSet(all)
+        toggles = [await ts.make_toggle(name=str(i)) for i in range(3)]
+        woken: list[int] = []
+        notify = ts._condition.notify_all
+
+        def counting() -> None:
+            woken.append(1)
+            notify()
+        ts._condition.notify_all = counting  # type: ignore[method-assign]
+        waiter = asyncio.create_task(ts.wait_for(True))
+        await asyncio.sleep(0)
+        await ts.drop_toggle(toggles[0])
+        await ts.make_toggle(name="late")  # the set stays off: nobody woken
+        assert woken == [] and not waiter.done()
+        late = [t for t in ts if t.name == "late"]
+        await late[0].turn_to(True)  # a toggle turning still notifies
+        assert woken == [1]
+        await ts.drop_toggles([toggles[1], toggles[2]])  # now all on: the set flips on, the waiter wakes
+        await asyncio.wait_for(waiter, 1)
+        assert ts.is_on()
+    asyncio.run(run())
