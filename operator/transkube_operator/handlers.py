@@ -78,6 +78,7 @@ WORKERS = 16  # reconciles in flight at once (threads: the Kubernetes client blo
 DELIVERERS = 4  # webhook POSTs in flight at once, apart from reconciles: a slow receiver delays only its own
 ADMISSION_MIN_INTERVAL = 0.5  # seconds between two admission passes, however many events poke it
 ADMISSION_MAX_INTERVAL = 5.0  # a pass at least this often while jobs wait (aging); in memory, no API calls
+LIST_PAGE_SIZE = 500  # objects per page of kopf's initial listings
 WRITTEN_TTL = 120.0  # seconds a remembered write may wait for the watch to catch up before it is dropped
 
 
@@ -186,6 +187,9 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
+    # Initial listings in pages: 10,000 Jobs in one response is ~240 MB of JSON text for kopf to hold and parse
+    # at once (a memory peak the process never gives back), and a heavy LIST for the API server.
+    settings.watching.chunk_size = LIST_PAGE_SIZE
     settings.watching.client_timeout = 300
     if not RT.tasks:  # once, however many times a failed startup is retried
         metrics.serve(CFG.metrics_port)  # already serving when this replica stood by first
