@@ -33,6 +33,8 @@ Steps (all on the same cluster, one after the other):
      by a watch; p50/p90/p99
   8. the shim: p99 of a filtered (status=queued), paginated (limit=50) list over 200 calls, against an
      unfiltered first page of the same size, alternating
+  9. restart: the operator pod deleted with N jobs present; seconds until its new pod runs, then from a new
+     job's creation to its Job, and the new process's RSS
 The report never asserts timings: it prints figures and ratios (targets from issue 12 alongside).
 
 Run (from the repo root, after `make setup`):
@@ -736,6 +738,35 @@ def step_latency(env: Env, r: Report, rate: float, seconds: float, watch: JobWat
         r.say(f"   ratio p99 creation->Job / p99 POST: {lm['p99'] / pm['p99']:.1f}x")
 
 
+def step_restart(env: Env, r: Report, watch: JobWatch) -> None:
+    """9. The operator restarted with N jobs present (a rollout, or a standby taking over): seconds until it
+    serves a new job, and its RSS once it has (it has just read every object again)."""
+    log("9. operator restart")
+    selector = "app.kubernetes.io/component=operator"
+
+    def pods() -> list[Obj]:
+        return list(env.kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods", labelSelector=selector)["items"])
+
+    old = {p["metadata"]["name"] for p in pods()}
+    t0 = time.monotonic()
+    for name in old:
+        env.kube.request("DELETE", f"/api/v1/namespaces/{OPERATOR_NS}/pods/{name}")
+    wait_until("a new operator pod running", lambda: any(
+        p["metadata"]["name"] not in old and (p.get("status") or {}).get("phase") == "Running"
+        for p in pods()), 300, interval=0.5)
+    running = time.monotonic()
+    name = f"restart-{uuid.uuid4().hex[:6]}"
+    env.kube.create(tj_path(BENCH_NS), tj(name, f"s3://transkube/{BENCH_NS}/missing/{name}.mp4", pool="cpu"))
+    created = time.monotonic()
+    wait_until("the new job's Job", lambda: watch.first_seen(name) is not None, 900, interval=0.2)
+    served = (watch.first_seen(name) or created) - created
+    m = memory(env)
+    r.data["restart"] = {"pod_running_s": running - t0, "new_job_to_job_s": served, **m}
+    r.say(f"9. Operator restarted with {m['transcodejobs']} TranscodeJobs: its new pod ran {running - t0:.1f} s "
+          f"after the old one was deleted; a job created then had its Job {served:.1f} s later (it serves new "
+          f"jobs while it reads the others again); operator RSS then {m['operator_rss_mb']:.0f} MB")
+
+
 def step_shim(env: Env, r: Report, calls: int = 200) -> None:
     log("8. shim list")
     base = f"http://127.0.0.1:{env.shim_port}/api/v1/jobs"
@@ -823,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         step_latency(env, r, args.rate, args.seconds, watch)
         step_shim(env, r)
         step_memory(env, r, "memory_end")
+        step_restart(env, r, watch)
         r.data["bench_seconds"] = time.monotonic() - t_start
         r.say(f"bench took {r.data['bench_seconds']:.0f} s")
         if args.json:
