@@ -107,6 +107,13 @@ class Runtime:
 RT = Runtime()
 
 
+def about(key: Key, uid: str | None = None) -> dict[str, Any]:
+    """A log line's `extra` naming its TranscodeJob: kopf's JSON formatter writes it as the line's "object", as
+    for kopf's own per-object lines, so `kubectl logs ... | jq 'select(.object.name == "x")'` finds them."""
+    return {"k8s_ref": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TranscodeJob", "name": key[1],
+                        "namespace": key[0], "uid": uid}, "k8s_skip": True}
+
+
 def kube() -> Kube:
     assert RT.kube is not None, "operator not started"
     return RT.kube
@@ -379,7 +386,7 @@ def execute(inp: Inputs) -> Outcome:
         if isinstance(action, DeleteTranscodeJob):
             continue
         leader.check_leading()
-        log.info("%s/%s action: %s", namespace, name, type(action).__name__)
+        log.info("%s/%s action: %s", namespace, name, type(action).__name__, extra=about(inp.key, uid))
         answer = k.apply(namespace, uid, action, name)
         if answer is not None and isinstance(action, CreateJob | SetJobSuspend):
             out.jobs[answer["metadata"]["name"]] = cache.slim_job(answer)
@@ -475,7 +482,7 @@ async def worker() -> None:
             metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
             delay = RT.queue.retry(key)
             log.warning("reconcile of %s/%s failed (%s: %s); retrying in %.1fs", *key, type(exc).__name__,
-                        str(exc)[:300], delay)
+                        str(exc)[:300], delay, extra=about(key))
         finally:
             RT.queue.done(key)
             metrics.QUEUE_DEPTH.labels("ready").set(len(RT.queue))
@@ -517,7 +524,7 @@ async def deliverer() -> None:
         except Exception as exc:
             delay = RT.deliveries.retry(key)
             log.warning("webhook delivery of %s/%s failed (%s: %s); retrying in %.1fs", *key,
-                        type(exc).__name__, str(exc)[:300], delay)
+                        type(exc).__name__, str(exc)[:300], delay, extra=about(key))
         finally:
             RT.deliveries.done(key)
 
@@ -555,7 +562,8 @@ def deliver_due(k: Kube, tj: Obj, status: Obj) -> tuple[Obj | None, Obj]:
                 leader.check_leading()
                 result = delivery.post(sub["url"], payload, hdrs, POLICY)
                 result_reason = result.reason
-                log.info("webhook %s %s -> %s %s", entry["webhook"], entry["type"], result.status, result.reason)
+                log.info("webhook %s %s -> %s %s", entry["webhook"], entry["type"], result.status, result.reason,
+                         extra=about((meta["namespace"], meta["name"]), meta.get("uid")))
                 patch = webhooks.record_result(status, entry["id"], result, dt.datetime.now(dt.UTC), WEBHOOKS)
         metrics.WEBHOOK_DELIVERIES.labels(result_reason).inc()
         if patch:
@@ -593,11 +601,11 @@ def admission_pass(now: dt.datetime) -> None:
         return
     for key, message in decision.refuse.items():
         if key not in RT.refusals:
-            log.info("refusing %s/%s: %s", *key, message)
+            log.info("refusing %s/%s: %s", *key, message, extra=about(key))
             RT.refusals[key] = (REASON_QUOTA_EXCEEDED, message)
             RT.queue.add(key)
     for key in decision.admit:
-        log.info("admitting %s/%s", *key)
+        log.info("admitting %s/%s", *key, extra=about(key))
         RT.admission[key] = {"admittedTime": rfc3339_precise(now), "position": None, "reason": None}
         refresh_queue(key)
         RT.position_written.pop(key, None)
