@@ -29,7 +29,9 @@ from typing import Any
 import kopf
 from kubernetes import config as kube_config
 from transkube_api.constants import (
+    API_VERSION,
     GROUP,
+    KIND,
     LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -110,8 +112,8 @@ RT = Runtime()
 def about(key: Key, uid: str | None = None) -> dict[str, Any]:
     """A log line's `extra` naming its TranscodeJob: kopf's JSON formatter writes it as the line's "object", as
     for kopf's own per-object lines, so `kubectl logs ... | jq 'select(.object.name == "x")'` finds them."""
-    return {"k8s_ref": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TranscodeJob", "name": key[1],
-                        "namespace": key[0], "uid": uid}, "k8s_skip": True}
+    return {"k8s_ref": {"apiVersion": API_VERSION, "kind": KIND, "name": key[1], "namespace": key[0], "uid": uid},
+            "k8s_skip": True}
 
 
 def kube() -> Kube:
@@ -246,10 +248,10 @@ async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str
     held = RT.bodies.identity(key)
     if held is not None and held[0] != uid:
         forget(key, held[0])
-    elif held is not None and held[1] >= cache.resource_version(body):
-        refresh_queue(key)
-        return  # our own write coming back: the reconcile that made it already saw it
+        held = None
     refresh_queue(key)
+    if held is not None and held[1] >= cache.resource_version(body):
+        return  # our own write coming back: the reconcile that made it already saw it
     RT.bodies.put(key, body)
     RT.queue.add(key, urgent=not (body.get("status") or {}).get("phase"))
 

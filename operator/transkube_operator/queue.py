@@ -120,12 +120,6 @@ class Admission:
         self._by_ns: defaultdict[str, set[Key]] = defaultdict(set)
         self.failed: Counter[str] = Counter()  # Failed jobs by failure category
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: Key) -> Entry | None:
-        return self._entries.get(key)
-
     def waiting(self, pool: str) -> int:
         return self._waiting_count[pool]
 
