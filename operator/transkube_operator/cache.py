@@ -1,7 +1,7 @@
 """Pure: what the operator keeps in memory of the objects it watches, and how it merges its own writes.
 
-The watch streams kopf already holds feed kopf indexes (see handlers.py) with slim projections of Jobs, pods
-and TranscodeJobs: only the fields that reconcile.plan(), history and queue.decide() read. Memory then grows
+The informers (informer.py) keep slim projections of Jobs, pods and TranscodeJobs (for admission): only the
+fields that reconcile.plan(), history and queue.decide() read, made as each object streams in. Memory then grows
 with what decisions need, not with whole objects (a Job's pod template is most of its size).
 
 The operator's own writes (a created Job, a status patch) come back in the API server's response before the
@@ -11,7 +11,7 @@ watch delivers them; `newest` lets a reconcile see its own writes at once, so it
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,36 @@ def strip(body: Obj) -> Obj:
     return {**body, "metadata": meta}
 
 
+def preset_entry(preset: Obj) -> Obj:
+    """What a reconcile reads of a TranscodePreset: name, generation and spec."""
+    meta = preset.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name"), "generation": meta.get("generation")},
+            "spec": dict(preset.get("spec") or {})}
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A TranscodeJob as its informer hands it over (made on the informer's thread): its key, identity, the
+    compact JSON a reconcile decodes, and admission's slim entry."""
+
+    key: Key
+    uid: str
+    resource_version: int
+    data: bytes
+    entry: Obj
+
+    @property
+    def phase(self) -> str | None:
+        return (self.entry.get("status") or {}).get("phase")
+
+
+def pack(tj: Obj) -> Packed:
+    meta = tj.get("metadata") or {}
+    return Packed((str(meta.get("namespace") or ""), str(meta.get("name") or "")), str(meta.get("uid") or ""),
+                  resource_version(tj), json.dumps(strip(tj), separators=(",", ":")).encode(),
+                  slim_queue_entry(tj))
+
+
 @dataclass
 class Bodies:
     """The TranscodeJob bodies the reconcile reads, as compact JSON: a parsed body costs about five times its
@@ -85,9 +115,15 @@ class Bodies:
         item = self._items.get(key)
         return None if item is None else (item[0], item[1])
 
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._items))
+
     def put(self, key: Key, body: Obj) -> None:
         data = json.dumps(strip(body), separators=(",", ":")).encode()
         self._items[key] = (str((body.get("metadata") or {}).get("uid") or ""), resource_version(body), data)
+
+    def put_packed(self, item: Packed) -> None:
+        self._items[item.key] = (item.uid, item.resource_version, item.data)
 
     def put_newer(self, key: Key, body: Obj) -> None:
         """Keeps `body` if it is the same object as the one kept and at least as new (a write's answer)."""

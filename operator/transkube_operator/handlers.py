@@ -1,17 +1,18 @@
-"""kopf handlers: thin, and cheap for the API server at any number of TranscodeJobs.
+"""The operator's runtime: thin, and cheap for the API server at any number of TranscodeJobs.
 
-- Reads come from memory. kopf indexes, fed by the watch streams kopf already holds, keep slim projections of
-  TranscodeJobs (for admission), their Jobs and worker pods, and TranscodePresets; the TranscodeJob bodies the
-  reconcile needs come with their watch events. kopf calls no handler before its indexes hold the initial
-  listing, so nothing decides on a half-filled cache.
+- Reads come from memory. Informers (informer.py: a paged list, then a watch) keep slim projections of
+  TranscodeJobs (for admission), their Jobs and worker pods, and TranscodePresets, and each job's body as
+  compact JSON for its reconcile. No reconcile starts before every one holds its first listing, and admission
+  waits for the whole queue, so nothing decides on a half-filled cache. kopf runs the process: signals,
+  startup and cleanup, /healthz and JSON logs.
 - Every event becomes a key in one work queue (workqueue.py): events coalesce, one key is never reconciled
   twice at once, and time-based decisions (retry backoff, stall deadline, GPU fallback, retention, webhook
   retries, error retries) are timers on the same queue. Nothing polls per object.
 - A reconcile reads its inputs from memory on the event loop, then runs reconcile.plan() and the writes it
   asks for on a small thread pool (the Kubernetes client is synchronous), and takes its own writes back into
   memory from the API server's answers, so it never repeats one.
-- Admission runs in memory over the TranscodeJob index: no LIST. Its decisions reach status through the job's
-  own reconcile, status.queue's one writer.
+- Admission runs in memory over the TranscodeJobs' slim entries: no LIST. Its decisions reach status through
+  the job's own reconcile, status.queue's one writer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,22 +30,20 @@ import kopf
 from kubernetes import config as kube_config
 from transkube_api.constants import (
     API_VERSION,
-    GROUP,
     KIND,
     LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     PLURAL,
-    PREFIX,
     PRESET_PLURAL,
     REASON_QUOTA_EXCEEDED,
-    VERSION,
 )
 from transkube_api.models import AcceleratorSpec
 
 from . import cache, delivery, k8s, leader, metrics, queue, webhooks
 from .cache import Key, Obj
 from .config import OperatorConfig
+from .informer import Children, Informer, Named
 from .jobspec import worker_rbac
 from .k8s import Kube
 from .queue import Admission
@@ -80,7 +78,7 @@ WORKERS = 16  # reconciles in flight at once (threads: the Kubernetes client blo
 DELIVERERS = 4  # webhook POSTs in flight at once, apart from reconciles: a slow receiver delays only its own
 ADMISSION_MIN_INTERVAL = 0.5  # seconds between two admission passes, however many events poke it
 ADMISSION_MAX_INTERVAL = 5.0  # a pass at least this often while jobs wait (aging); in memory, no API calls
-LIST_PAGE_SIZE = 500  # objects per page of kopf's initial listings
+WATCH_NAMESPACES: list[str] = []  # set by main from --namespace; empty: the whole cluster
 WRITTEN_TTL = 120.0  # seconds a remembered write may wait for the watch to catch up before it is dropped
 
 
@@ -99,11 +97,25 @@ class Runtime:
     queue_state: Admission = field(default_factory=Admission)  # the index, decisions overlaid
     position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
     provisional: set[Key] = field(default_factory=set)  # first-sight places no pass has checked yet
-    indexes: dict[str, Any] = field(default_factory=dict)
+    entries: dict[Key, Obj] = field(default_factory=dict)  # admission's slim view of each TranscodeJob
+    # The informers (informer.py), started by startup(): what the operator reads, fed by list+watch.
+    preset_specs: Named = field(default_factory=Named)  # name -> preset (cache.preset_entry)
+    presets: Informer[Obj] | None = None
+    tjs: Informer[cache.Packed] | None = None
+    jobs: Informer[Obj] | None = None
+    pods: Informer[Obj] | None = None
     poke: asyncio.Event = field(default_factory=asyncio.Event)  # admission has something to look at
     executor: ThreadPoolExecutor | None = None
     delivery_executor: ThreadPoolExecutor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+    def informers(self) -> list[Informer[Any]]:
+        return [i for i in (self.presets, self.tjs, self.jobs, self.pods) if i is not None]
+
+    def children(self, informer: Informer[Obj] | None, key: Key) -> list[Obj]:
+        assert informer is not None and isinstance(informer.sink, Children)
+        return informer.sink.store.children(key)
 
 
 RT = Runtime()
@@ -121,45 +133,62 @@ def kube() -> Kube:
     return RT.kube
 
 
-# ---- indexes: slim projections kept by kopf from its watch streams -----------------------------------------
+# ---- what the informers hand over, on the loop ---------------------------------------------------------------
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def tj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Obj]:
-    return {(namespace or "", name): cache.slim_queue_entry(dict(body))}
+class TranscodeJobs:
+    """The TranscodeJob informer's sink: each job's compact body (for its reconcile) and slim entry (for
+    admission); every change becomes a key in the work queue."""
+
+    def listed(self, namespace: str, items: list[cache.Packed]) -> None:
+        """A whole listing (at start, or after the watch expired): jobs not in it are gone."""
+        present = {item.key for item in items}
+        for key in [k for k in RT.bodies if k not in present and (not namespace or k[0] == namespace)]:
+            held = RT.bodies.identity(key)
+            forget(key, held[0] if held else None)
+        for item in items:
+            self.event("ADDED", item)
+        RT.poke.set()
+
+    def event(self, kind: str, item: cache.Packed) -> None:
+        key = item.key
+        if kind == "DELETED":
+            forget(key, item.uid)
+            return
+        held = RT.bodies.identity(key)
+        if held is not None and held[0] != item.uid:  # deleted and created again under the same name
+            forget(key, held[0])
+            held = None
+        RT.entries[key] = item.entry
+        refresh_queue(key)
+        if held is not None and held[1] >= item.resource_version:
+            return  # our own write coming back: the reconcile that made it already saw it
+        RT.bodies.put_packed(item)
+        RT.queue.add(key, urgent=not item.phase)
 
 
-@kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-async def job_index(body: kopf.Body, **_: Any) -> dict[Key, Obj]:
-    key = cache.owner_key(dict(body))
-    return {key: cache.slim_job(dict(body))} if key else {}
+def on_child(key: Key) -> None:
+    """A Job or worker pod of this TranscodeJob changed."""
+    if key in RT.bodies:
+        RT.queue.add(key)
 
 
-@kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-async def pod_index(body: kopf.Body, **_: Any) -> dict[Key, Obj]:
-    key = cache.owner_key(dict(body))
-    return {key: cache.slim_pod(dict(body))} if key else {}
-
-
-@kopf.index(GROUP, VERSION, PRESET_PLURAL)
-async def preset_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Obj]:
-    meta = body.get("metadata") or {}
-    return {name: {"metadata": {"name": name, "generation": meta.get("generation")},
-                   "spec": dict(body.get("spec") or {})}}
-
-
-def _remember_indexes(kwargs: Mapping[str, Any]) -> None:
-    """On the first handler call: kopf calls none before every index holds its initial listing, so admission
-    starts from a complete queue; from then on each TranscodeJob event updates it (refresh_queue)."""
-    if not RT.indexes:
-        RT.indexes = {k: kwargs[k] for k in ("tj_index", "job_index", "pod_index", "preset_index") if k in kwargs}
-        for key in list(RT.indexes.get("tj_index", {})):
-            refresh_queue(key)
+def start_informers() -> None:
+    """Presets, TranscodeJobs, and the Jobs and worker pods the operator made, each on its own list+watch."""
+    namespaces = list(WATCH_NAMESPACES)
+    children = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_JOB}"
+    RT.presets = Informer(PRESET_PLURAL, cache.preset_entry, RT.preset_specs)
+    RT.tjs = Informer(PLURAL, cache.pack, TranscodeJobs(), namespaces=namespaces)
+    RT.jobs = Informer("jobs", cache.slim_job, Children("jobs", on_child), children, namespaces)
+    RT.pods = Informer("pods", cache.slim_pod, Children("pods", on_child), children, namespaces)
+    api = k8s.api_client(4 * (len(namespaces) or 1))  # its own pool: each stream holds a connection for minutes
+    for informer in RT.informers():
+        informer.start(api)
 
 
 def refresh_queue(key: Key) -> None:
     """Admission's view of one job: its index entry with a decision not written yet overlaid (so a slot is
     never given twice); the overlay goes once the job's status shows it."""
-    entry = _first(RT.indexes.get("tj_index", {}).get(key))
+    entry = RT.entries.get(key)
     if entry is None:
         RT.queue_state.remove(key)
         return
@@ -172,34 +201,10 @@ def refresh_queue(key: Key) -> None:
 
 # ---- startup ---------------------------------------------------------------------------------------------
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """No "last handled" essence. kopf builds one (a deep copy of the object) on every watch event, to diff for
-    on.create/update/delete handlers; this operator registers none (event handlers and indexes only), so nothing
-    reads it, and building it was a fifth of the operator's CPU while 1,000 jobs were being created."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        return {}
-
-    def fetch(self, *, body: kopf.Body) -> Any:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: Any, essence: Any) -> None:
-        return None
-
-
 @kopf.on.startup(backoff=1)
 async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
-    # kopf's own bookkeeping would live in annotations under our prefix; with event handlers and indexes only it
-    # writes none. The finalizer name stays, so kopf removes one an older operator version left behind.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = NoDiffBase()
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # kopf runs the process (signals, startup and cleanup, /healthz, JSON logs); it watches nothing itself.
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 270
-    # Initial listings in pages: 10,000 Jobs in one response is ~240 MB of JSON text for kopf to hold and parse
-    # at once (a memory peak the process never gives back), and a heavy LIST for the API server.
-    settings.watching.chunk_size = LIST_PAGE_SIZE
-    settings.watching.client_timeout = 300
     if not RT.tasks:  # once, however many times a failed startup is retried
         metrics.serve(CFG.metrics_port)  # already serving when this replica stood by first
         metrics.LEADER.set(1)  # only the replica that reconciles gets here
@@ -211,6 +216,7 @@ async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> Non
             kube_config.load_kube_config()
         RT.kube = Kube(k8s.api_client(WORKERS + DELIVERERS))
         RT.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="reconcile")
+        start_informers()
         RT.delivery_executor = ThreadPoolExecutor(DELIVERERS, thread_name_prefix="deliver")
         RT.tasks = [asyncio.create_task(RT.queue.run_timers(), name="timers"),
                     asyncio.create_task(RT.deliveries.run_timers(), name="delivery-timers"),
@@ -225,6 +231,8 @@ async def cleanup(logger: Log, **_: Any) -> None:
     """On a graceful stop (SIGTERM): stop our loops and wait for the writes already in flight, so that when
     main() then releases the leader Lease no reconcile of ours is still running (and kopf need not wait
     5 s for tasks it does not know)."""
+    for informer in RT.informers():
+        informer.stop()
     for task in RT.tasks:
         task.cancel()
     await asyncio.gather(*RT.tasks, return_exceptions=True)
@@ -236,44 +244,9 @@ async def cleanup(logger: Log, **_: Any) -> None:
 
 # ---- events: each one is a key in the work queue ---------------------------------------------------------
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_transcodejob(event: kopf.RawEvent, namespace: str | None, name: str, uid: str,
-                          **kwargs: Any) -> None:
-    _remember_indexes(kwargs)
-    key: Key = (namespace or "", name)
-    if event.get("type") == "DELETED":
-        forget(key, uid)
-        return
-    body: Obj = dict(event["object"])
-    held = RT.bodies.identity(key)
-    if held is not None and held[0] != uid:
-        forget(key, held[0])
-        held = None
-    refresh_queue(key)
-    if held is not None and held[1] >= cache.resource_version(body):
-        return  # our own write coming back: the reconcile that made it already saw it
-    RT.bodies.put(key, body)
-    RT.queue.add(key, urgent=not (body.get("status") or {}).get("phase"))
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-async def on_job(body: kopf.Body, **kwargs: Any) -> None:
-    _remember_indexes(kwargs)
-    key = cache.owner_key(dict(body))
-    if key is not None and key in RT.bodies:
-        RT.queue.add(key)
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-async def on_pod(body: kopf.Body, **kwargs: Any) -> None:
-    _remember_indexes(kwargs)
-    key = cache.owner_key(dict(body))
-    if key is not None and key in RT.bodies:
-        RT.queue.add(key)
-
-
 def forget(key: Key, uid: str | None) -> None:
     RT.bodies.pop(key)
+    RT.entries.pop(key, None)
     RT.written_jobs.pop(key, None)
     RT.admission.pop(key, None)
     RT.queue_state.remove(key)
@@ -312,12 +285,6 @@ class Outcome:
     deleted: bool = False
 
 
-def _first(store: Any) -> Obj | None:
-    for value in store or ():
-        return dict(value)
-    return None
-
-
 def snapshot(key: Key) -> Inputs | None:
     """Everything one reconcile reads, from memory (on the event loop, where the indexes change)."""
     tj = RT.bodies.get(key)
@@ -325,7 +292,7 @@ def snapshot(key: Key) -> Inputs | None:
         return None
     uid = tj["metadata"]["uid"]
     written = RT.written_jobs.get(key, {})
-    watched = list(RT.indexes.get("job_index", {}).get(key, ()))
+    watched = RT.children(RT.jobs, key)
     if written:
         now = time.monotonic()
         for name in cache.stale_writes(watched, {n: o for n, (_, o) in written.items()}):
@@ -334,9 +301,8 @@ def snapshot(key: Key) -> Inputs | None:
             written.pop(name, None)
     jobs = [j for j in cache.merge_children(watched, {n: o for n, (_, o) in written.items()})
             if any(r.get("uid") == uid for r in j["metadata"].get("ownerReferences") or [])]
-    pods = sorted(RT.indexes.get("pod_index", {}).get(key, ()), key=lambda p: p["metadata"]["name"])
-    presets_idx = RT.indexes.get("preset_index", {})
-    presets = {p: _first(presets_idx.get(p)) for p in presets_needed(tj)}
+    pods = sorted(RT.children(RT.pods, key), key=lambda p: p["metadata"]["name"])
+    presets = {p: dict(v) if (v := RT.preset_specs.get(p)) is not None else None for p in presets_needed(tj)}
     if key not in RT.admission and not ((tj.get("status") or {}).get("queue") or {}).get("pool"):
         decided = first_sight(tj)
         if decided is not None:
@@ -462,6 +428,10 @@ async def wait_leading() -> None:
 
 async def worker() -> None:
     loop = asyncio.get_running_loop()
+    # A reconcile before every cache holds its first listing could miss an existing Job (and create another)
+    # or a preset (and fail the job).
+    for informer in RT.informers():
+        await informer.synced.wait()
     while True:
         await wait_leading()
         key, waited = await RT.queue.get()
@@ -591,8 +561,8 @@ async def admission_loop() -> None:
 
 
 def admission_pass(now: dt.datetime) -> None:
-    if not RT.indexes:
-        return  # no handler has run yet: the indexes may not hold the initial listing
+    if RT.tjs is None or not RT.tjs.synced.is_set():
+        return  # the queue is not whole before the first listing of TranscodeJobs
     state = RT.queue_state
     sched = CFG.scheduling
     decision = state.decide(sched, now)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from . import __version__, leader
@@ -22,18 +21,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers, kopf_fixes
+    from . import handlers
 
-    kopf_fixes.apply()
+    handlers.WATCH_NAMESPACES[:] = args.namespace  # where the informers watch
 
     if args.check:
         print(f"transkube-operator {__version__}: handlers loaded", file=sys.stderr)
         return 0
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=args.verbose)
-    if not args.verbose:
-        # kopf logs "Handler ... succeeded." at INFO for every watch event of every object: a line per event at
-        # 10,000 jobs, and a tenth of the operator's CPU while they are created. Its warnings and errors stay.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     port = args.liveness_port or handlers.CFG.liveness_port
     elector = stand_by(handlers.CFG, port)
     kopf.run(

@@ -21,7 +21,7 @@ RECONCILE_ERRORS = Counter("transkube_reconcile_errors_total", "Reconciles that 
 RECONCILES = Counter("transkube_reconciles_total", "Reconciles run.")
 # The operator's own load on the API server and how fast it keeps up (issue 12's breakdown, live).
 API_REQUESTS = Counter("transkube_operator_api_requests", "Requests this operator made to the Kubernetes API "
-                       "(not counting kopf's watch streams), by verb, resource and response code.",
+                       "(its informers' lists and watches included), by verb, resource and response code.",
                        ["verb", "resource", "code"])
 RECONCILE_SECONDS = Histogram("transkube_operator_reconcile_duration_seconds", "Time one reconcile took, "
                               "including its API writes.",
@@ -29,6 +29,10 @@ RECONCILE_SECONDS = Histogram("transkube_operator_reconcile_duration_seconds", "
 EVENT_LAG = Histogram("transkube_operator_event_lag_seconds", "From a watch event (or a due timer) to the start "
                       "of the reconcile it asked for: the work queue's lag.",
                       buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+CACHED_OBJECTS = Gauge("transkube_operator_cached_objects", "Jobs and worker pods held (slim) by the operator's "
+                       "informers.", ["resource"])
+WATCH_RESTARTS = Counter("transkube_operator_watch_restarts", "Informer watches restarted: `expired` (410, so a "
+                         "fresh list) or `error` (the API server unreachable or failing).", ["resource", "reason"])
 QUEUE_DEPTH = Gauge("transkube_operator_workqueue_depth", "Keys waiting in the work queue (ready, and on "
                     "timers).", ["state"])
 

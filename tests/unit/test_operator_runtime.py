@@ -199,33 +199,63 @@ def test_bodies_keep_compact_json_and_take_only_newer_copies_of_the_same_object(
     assert bodies.get(("n", "a")) is None and bodies.identity(("n", "a")) is None
 
 
-def test_kopf_toggle_sets_wake_waiters_only_when_their_state_flips() -> None:
-    """kopf_fixes: adding or dropping one of N indexing toggles no longer wakes all N waiting objects; the waiters
-    still wake when the set turns on (the last off toggle dropped) and when a toggle itself turns."""
-    from kopf._cogs.aiokits import aiotoggles
-    from transkube_operator import kopf_fixes
+def _child(name: str, owner: str, rv: int, ns: str = "ns") -> dict[str, object]:
+    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv), "labels": {LABEL_JOB: owner}}}
 
-    assert kopf_fixes.apply()
 
-    async def run() -> None:
-        ts = aiotoggles.ToggleSet(all)
-        toggles = [await ts.make_toggle(name=str(i)) for i in range(3)]
-        woken: list[int] = []
-        notify = ts._condition.notify_all
+def test_informer_store_groups_children_by_owner_and_reports_what_a_relist_changed() -> None:
+    from transkube_operator.informer import Store
 
-        def counting() -> None:
-            woken.append(1)
-            notify()
-        ts._condition.notify_all = counting  # type: ignore[method-assign]
-        waiter = asyncio.create_task(ts.wait_for(True))
-        await asyncio.sleep(0)
-        await ts.drop_toggle(toggles[0])
-        await ts.make_toggle(name="late")  # the set stays off: nobody woken
-        assert woken == [] and not waiter.done()
-        late = [t for t in ts if t.name == "late"]
-        await late[0].turn_to(True)  # a toggle turning still notifies
-        assert woken == [1]
-        await ts.drop_toggles([toggles[1], toggles[2]])  # now all on: the set flips on, the waiter wakes
-        await asyncio.wait_for(waiter, 1)
-        assert ts.is_on()
-    asyncio.run(run())
+    store = Store()
+    assert store.upsert(_child("a-1", "a", 1)) == ("ns", "a")
+    assert store.upsert(_child("a-2", "a", 2)) == ("ns", "a")
+    assert store.upsert({"metadata": {"name": "x", "namespace": "ns"}}) is None  # not one of ours
+    store.upsert(_child("b-1", "b", 3))
+    store.upsert(_child("c-1", "c", 4, ns="other"))
+    assert sorted(o["metadata"]["name"] for o in store.children(("ns", "a"))) == ["a-1", "a-2"]
+    assert len(store) == 4
+    assert store.delete(_child("a-1", "a", 5)) == ("ns", "a")
+    assert [o["metadata"]["name"] for o in store.children(("ns", "a"))] == ["a-2"]
+    # A relist of namespace "ns" (after a 410): a-2 unchanged, b-1 newer, d-1 new, and "other" untouched.
+    changed = store.replace([_child("a-2", "a", 2), _child("b-1", "b", 6), _child("d-1", "d", 7)], "ns")
+    assert changed == {("ns", "b"), ("ns", "d")}
+    assert store.children(("other", "c")) and len(store) == 4
+    # A cluster-wide relist drops what is gone everywhere.
+    assert store.replace([_child("d-1", "d", 7)]) == {("ns", "a"), ("ns", "b"), ("other", "c")}
+    assert store.children(("ns", "a")) == [] and len(store) == 1
+    store.delete(_child("d-1", "d", 8))
+    assert len(store) == 0 and store.delete(_child("d-1", "d", 8)) == ("ns", "d")
+
+
+def test_informer_parses_each_watch_line_into_type_and_object() -> None:
+    from transkube_operator.informer import parse_events
+
+    lines = ['{"type":"ADDED","object":{"metadata":{"name":"j"}}}', b'{"type":"BOOKMARK","object":{}}']
+    assert list(parse_events(lines)) == [("ADDED", {"metadata": {"name": "j"}}), ("BOOKMARK", {})]
+
+
+def test_a_packed_transcodejob_keeps_compact_json_and_the_admission_entry() -> None:
+    tj = {"apiVersion": "media.transkube.dev/v1alpha1", "kind": "TranscodeJob",
+          "metadata": {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
+                       "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}]},
+          "spec": {"priority": 3, "input": {"uri": "s3://b/k"}}, "status": {"phase": "Queued"}}
+    item = cache.pack(tj)
+    assert (item.key, item.uid, item.resource_version, item.phase) == (("ns", "a"), "u1", 42, "Queued")
+    assert item.entry == cache.slim_queue_entry(tj)
+    bodies = cache.Bodies()
+    bodies.put_packed(item)
+    assert bodies.get(("ns", "a")) == cache.strip(tj) and list(bodies) == [("ns", "a")]
+    assert cache.preset_entry({"metadata": {"name": "p", "generation": 2, "uid": "x"}, "spec": {"type": "file"}}) \
+        == {"metadata": {"name": "p", "generation": 2}, "spec": {"type": "file"}}
+
+
+def test_named_sink_keeps_the_newest_object_by_name() -> None:
+    from transkube_operator.informer import Named
+
+    named = Named()
+    named.listed("", [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}])
+    named.event("MODIFIED", {"metadata": {"name": "a"}, "spec": {"x": 1}})
+    named.event("DELETED", {"metadata": {"name": "b"}})
+    assert named == {"a": {"metadata": {"name": "a"}, "spec": {"x": 1}}}
+    named.listed("", [{"metadata": {"name": "c"}}])
+    assert list(named) == ["c"]
