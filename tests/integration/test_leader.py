@@ -231,10 +231,12 @@ def test_standby_takes_over_within_15s_of_a_sigkill_and_soon_on_sigterm(
         os.killpg(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         ends[old_identity] = killed_at
-        new_identity = wait_for("the standby leads", lambda: (h := holder(kube)) not in ("", old_identity) and h,
-                                timeout=30, interval=0.1)
-        assert new_identity.startswith(standby["metadata"]["name"] + "_")
-        acquired = next(e for e in leader_events(cluster, [standby])
+        new_identity = wait_for("another candidate leads", lambda: (h := holder(kube)) not in ("", old_identity)
+                                and h, timeout=30, interval=0.1)
+        # Usually the standby. The killed pod's container is restarted a second later and stands by too, and it
+        # may win the race: both count the Lease as expired from their own first sight of its last renewal.
+        new_pod = next(p for p in (standby, old_pod) if new_identity.startswith(p["metadata"]["name"] + "_"))
+        acquired = next(e for e in leader_events(cluster, [new_pod])
                         if e.identity == new_identity and e.message == "leader acquired")
         takeover = acquired.monotonic - killed_at
         print(f"takeover after SIGKILL: {takeover:.2f} s")
@@ -245,8 +247,11 @@ def test_standby_takes_over_within_15s_of_a_sigkill_and_soon_on_sigterm(
         wait_for("after-takeover succeeded", lambda: phase_of(kube, tj_namespace, "after-takeover") == "Succeeded",
                  timeout=180)
 
-        # The killed pod comes back (the node agent restarts the container) as a standby, and stays one.
-        wait_for("the killed replica back as a standby", lambda: standing_by(cluster, old_pod, killed_at), timeout=60)
+        # The killed pod comes back (the node agent restarts the container) as a standby, and stays one (unless
+        # that restarted container is the one that took over).
+        if new_pod is standby:
+            wait_for("the killed replica back as a standby", lambda: standing_by(cluster, old_pod, killed_at),
+                     timeout=60)
         assert holder(kube) == new_identity
 
         # SIGTERM (the pod deleted): the leader releases the Lease after kopf stops; the other takes it at once.
@@ -261,7 +266,7 @@ def test_standby_takes_over_within_15s_of_a_sigkill_and_soon_on_sigterm(
         assert handover < TAKEOVER_LIMIT
         time.sleep(1)
 
-    released = [e for e in leader_events(cluster, [standby]) if e.message == "leader lost"]
+    released = [e for e in leader_events(cluster, [new_pod]) if e.message == "leader lost"]
     assert [e.identity for e in released] == [new_identity]
 
     # Never two leaders, from the replicas' own logs (every operator pod, the replacement included).
@@ -285,7 +290,7 @@ def test_standby_takes_over_within_15s_of_a_sigkill_and_soon_on_sigterm(
 
 # ---- chaos: the leader SIGKILLed while a batch of jobs runs -------------------------------------------------
 
-CHAOS_JOBS = 40
+CHAOS_JOBS = 200  # the issue's count: 1 s inputs through the 4-slot pool, about 4 minutes
 CHAOS_KILLS = 3
 
 
@@ -354,7 +359,7 @@ def test_leader_kills_lose_and_duplicate_nothing(two_replicas: None, kube: Kube,
             items = kube.get(tj_path(ns))["items"]
             return sum(1 for o in items if (o.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled"))
 
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         for _ in range(CHAOS_KILLS):
             time.sleep(rng.uniform(2, 8))  # a random moment: admitting, creating Jobs, delivering, finishing
             if finished() == CHAOS_JOBS:
