@@ -94,7 +94,7 @@ class Runtime:
     admission: dict[Key, Obj] = field(default_factory=dict)  # decided, not yet seen in the index
     refusals: dict[Key, tuple[str, str]] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)  # namespaces whose worker RBAC exists
-    queue_state: Admission = field(default_factory=Admission)  # the index, decisions overlaid
+    queue_state: Admission = field(default_factory=Admission)  # the entries, decisions overlaid
     position_written: dict[Key, float] = field(default_factory=dict)  # monotonic time of its last position
     provisional: set[Key] = field(default_factory=set)  # first-sight places no pass has checked yet
     entries: dict[Key, Obj] = field(default_factory=dict)  # admission's slim view of each TranscodeJob
@@ -108,7 +108,6 @@ class Runtime:
     executor: ThreadPoolExecutor | None = None
     delivery_executor: ThreadPoolExecutor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
 
     def informers(self) -> list[Informer[Any]]:
         return [i for i in (self.presets, self.tjs, self.jobs, self.pods) if i is not None]
@@ -186,7 +185,7 @@ def start_informers() -> None:
 
 
 def refresh_queue(key: Key) -> None:
-    """Admission's view of one job: its index entry with a decision not written yet overlaid (so a slot is
+    """Admission's view of one job: its slim entry with a decision not written yet overlaid (so a slot is
     never given twice); the overlay goes once the job's status shows it."""
     entry = RT.entries.get(key)
     if entry is None:
@@ -203,8 +202,10 @@ def refresh_queue(key: Key) -> None:
 
 @kopf.on.startup(backoff=1)
 async def startup(settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
-    # kopf runs the process (signals, startup and cleanup, /healthz, JSON logs); it watches nothing itself.
+    # kopf runs the process (signals, startup and cleanup, /healthz, JSON logs); it watches nothing itself, not
+    # even CRDs (its scan for resources to serve: there are none).
     settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True
     if not RT.tasks:  # once, however many times a failed startup is retried
         metrics.serve(CFG.metrics_port)  # already serving when this replica stood by first
         metrics.LEADER.set(1)  # only the replica that reconciles gets here
