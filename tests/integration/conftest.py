@@ -119,6 +119,22 @@ GROUP, VERSION, PLURAL = "media.transkube.dev", "v1alpha1", "transcodejobs"
 OPERATOR_NS = "transkube-system"
 
 
+def chart_tenant_input(kube: Kube, cluster: ClusterState, s3: Any, tenant: str, clip: Path, folder: str,
+                       size: str = "320x240", seconds: int = 2) -> str:
+    """The chart shim's tenant namespace (Pod Security "restricted", with the default storage Secret), and an
+    h264 test clip uploaded under the tenant's own prefix, where the shim lets it read; returns the object key."""
+    assert cluster.s3 is not None
+    create_if_absent(kube, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": tenant, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    create_if_absent(kube, f"/api/v1/namespaces/{tenant}/secrets", storage_secret(cluster))
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc2=size={size}:rate=25", "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast",
+                    str(clip)], check=True, timeout=60)
+    key = f"{tenant}/{folder}/{uuid.uuid4().hex}/{clip.name}"
+    s3.upload_file(str(clip), cluster.s3.bucket, key)
+    return key
+
+
 @pytest.fixture(scope="session")
 def helm(cluster: ClusterState) -> Callable[..., subprocess.CompletedProcess[str]]:
     _, binary = tools.ensure_kubectl_helm()

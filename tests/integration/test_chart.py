@@ -8,7 +8,6 @@ import re
 import subprocess
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from transkube_dev.cluster import ClusterState
 from transkube_dev.kube import Kube, Obj
 
-from .conftest import InstalledOperator, create_if_absent, storage_secret, tj_path, wait_for
+from .conftest import InstalledOperator, chart_tenant_input, create_if_absent, storage_secret, tj_path, wait_for
 
 
 def shim(op: InstalledOperator, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
@@ -41,15 +40,7 @@ def test_installed_shim_serves_a_real_job(operator: InstalledOperator, kube: Kub
     wait_for("installed shim ready", lambda: shim(operator, "GET", "/readyz")[0] == 200, timeout=60)
 
     ns = operator.shim_tenant
-    create_if_absent(kube, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-    create_if_absent(kube, f"/api/v1/namespaces/{ns}/secrets", storage_secret(cluster))
-    clip = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=320x240:rate=25", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", str(clip)],
-                   check=True)
-    key = f"{ns}/chart/{uuid.uuid4().hex}/clip.mp4"  # under the tenant's own prefix, where the shim lets it
-    s3.upload_file(str(clip), cluster.s3.bucket, key)
+    key = chart_tenant_input(kube, cluster, s3, ns, tmp_path / "clip.mp4", "chart")
     spec = {"input": {"uri": f"s3://{cluster.s3.bucket}/{key}"},
             "outputs": [{"name": "small", "uri": f"s3://{cluster.s3.bucket}/{key}.out.mp4", "container": "mp4",
                          "video": {"codec": "h264", "height": 120}, "audio": {"codec": "none"}}]}

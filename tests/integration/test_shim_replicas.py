@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import requests
 from transkube_dev.cluster import ClusterState
 from transkube_dev.kube import Kube, Obj
 
-from .conftest import OPERATOR_NS, InstalledOperator, create_if_absent, storage_secret, wait_for
+from .conftest import OPERATOR_NS, InstalledOperator, chart_tenant_input, wait_for
 from .test_shim_ha import sse_events
 
 pytestmark = pytest.mark.integration
@@ -95,16 +93,8 @@ def test_an_event_stream_moves_to_the_other_replica_when_one_is_killed(
     def url(port: int, path: str) -> str:
         return f"http://127.0.0.1:{port}/api/v1{path}"
 
-    ns = operator.shim_tenant
-    create_if_absent(kube, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-    create_if_absent(kube, f"/api/v1/namespaces/{ns}/secrets", storage_secret(cluster))
-    clip = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=640x360:rate=25", "-t", "8", "-c:v", "libx264", "-preset", "ultrafast", str(clip)],
-                   check=True, timeout=60)
-    key = f"{ns}/replicas/{uuid.uuid4().hex}/clip.mp4"  # under the tenant's own prefix
-    s3.upload_file(str(clip), cluster.s3.bucket, key)
+    key = chart_tenant_input(kube, cluster, s3, operator.shim_tenant, tmp_path / "clip.mp4", "replicas",
+                             size="640x360", seconds=8)
     spec = {"input": {"uri": f"s3://{cluster.s3.bucket}/{key}"},
             "outputs": [{"name": "web", "uri": f"s3://{cluster.s3.bucket}/{key}.out.mp4", "container": "mp4",
                          "video": {"codec": "h264", "resolution": "360p", "preset": "medium"},
