@@ -84,11 +84,15 @@ class Packed:
         return (self.entry.get("status") or {}).get("phase")
 
 
+def compact(body: Obj) -> bytes:
+    """A TranscodeJob body as Bodies keeps it: stripped, compact JSON."""
+    return json.dumps(strip(body), separators=(",", ":")).encode()
+
+
 def pack(tj: Obj) -> Packed:
     meta = tj.get("metadata") or {}
     return Packed((str(meta.get("namespace") or ""), str(meta.get("name") or "")), str(meta.get("uid") or ""),
-                  resource_version(tj), json.dumps(strip(tj), separators=(",", ":")).encode(),
-                  slim_queue_entry(tj))
+                  resource_version(tj), compact(tj), slim_queue_entry(tj))
 
 
 @dataclass
@@ -119,8 +123,7 @@ class Bodies:
         return iter(list(self._items))
 
     def put(self, key: Key, body: Obj) -> None:
-        data = json.dumps(strip(body), separators=(",", ":")).encode()
-        self._items[key] = (str((body.get("metadata") or {}).get("uid") or ""), resource_version(body), data)
+        self._items[key] = (str((body.get("metadata") or {}).get("uid") or ""), resource_version(body), compact(body))
 
     def put_packed(self, item: Packed) -> None:
         self._items[item.key] = (item.uid, item.resource_version, item.data)

@@ -43,12 +43,12 @@ MAX_BACKOFF_SECONDS = 10.0  # between attempts while the API server is unreachab
 
 # ---- the store: pure, on the event loop -------------------------------------------------------------------
 
-def _name(obj: Obj) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
 
 
 def _rv(obj: Obj) -> str:
+    """resourceVersion as the API server wrote it (opaque: compared for equality only)."""
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
@@ -69,7 +69,7 @@ class Store:
         key = owner_key(obj)
         if key is not None:
             children = self._by_owner.setdefault(key, {})
-            name = _name(obj)[1]
+            name = _name(obj)
             self._count += name not in children
             children[name] = obj
         return key
@@ -78,7 +78,7 @@ class Store:
         key = owner_key(obj)
         children = self._by_owner.get(key) if key is not None else None
         if children is not None:
-            self._count -= children.pop(_name(obj)[1], None) is not None
+            self._count -= children.pop(_name(obj), None) is not None
             if not children:
                 del self._by_owner[key]  # type: ignore[arg-type]
         return key
@@ -90,7 +90,7 @@ class Store:
         for obj in objs:
             key = owner_key(obj)
             if key is not None:
-                fresh.setdefault(key, {})[_name(obj)[1]] = obj
+                fresh.setdefault(key, {})[_name(obj)] = obj
         stale = [k for k in self._by_owner if namespace is None or k[0] == namespace]
         changed = {k for k in stale if k not in fresh}
         for key, children in fresh.items():
@@ -217,16 +217,16 @@ class Informer(Generic[T]):
                     rv = ""
                     metrics.WATCH_RESTARTS.labels(self.resource, "expired").inc()
                     continue
-                self._retry_after(backoff, exc)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = self._retry_after(backoff, exc)
             except Exception as exc:  # connection refused or reset, timeouts: the API server restarting
-                self._retry_after(backoff, exc)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = self._retry_after(backoff, exc)
 
-    def _retry_after(self, backoff: float, exc: BaseException) -> None:
+    def _retry_after(self, backoff: float, exc: BaseException) -> float:
+        """Waits out `backoff` (jittered) after a failure; returns the next one."""
         metrics.WATCH_RESTARTS.labels(self.resource, "error").inc()
         log.warning("%s watch failed (%s: %s); retrying", self.resource, type(exc).__name__, str(exc)[:300])
         self._stop.wait(backoff * (0.5 + random.random()))  # noqa: S311 (jitter, not crypto)
+        return min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _list(self, namespace: str, lister: Lister) -> str:
         items: list[T] = []
