@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+
+from transkube_api.models import NAME_PATTERN
 
 from . import __version__, leader
 from .config import OperatorConfig
@@ -13,11 +16,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="transkube-operator", description="transkube TranscodeJob operator")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--namespace", "-n", action="append", default=[],
-                        help="watch only these namespaces (repeatable); default: the whole cluster")
+                        help="watch only these namespaces (repeatable; names, not patterns); default: the whole "
+                             "cluster")
     parser.add_argument("--liveness-port", type=int, default=None, help="port of /healthz (default from config)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--check", action="store_true", help="import everything and exit (image smoke test)")
     args = parser.parse_args(argv)
+    # The informers list and watch each namespace by name; a pattern (kopf took globs) would match nothing.
+    not_names = [n for n in args.namespace if len(n) > 63 or not re.fullmatch(NAME_PATTERN, n)]
+    if not_names:
+        parser.error(f"--namespace (operator.watchNamespaces) takes namespace names, not patterns: "
+                     f"{', '.join(map(repr, not_names))}")
 
     import kopf
 

@@ -259,3 +259,17 @@ def test_named_sink_keeps_the_newest_object_by_name() -> None:
     assert named == {"a": {"metadata": {"name": "a"}, "spec": {"x": 1}}}
     named.listed("", [{"metadata": {"name": "c"}}])
     assert list(named) == ["c"]
+
+
+def test_watch_namespaces_must_be_names_not_patterns(capsys: pytest.CaptureFixture[str]) -> None:
+    from transkube_operator.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--namespace", "media", "--namespace", "team-*", "--check"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--namespace (operator.watchNamespaces)" in err and "'team-*'" in err
+    assert "'media'" not in err
+    assert main(["--namespace", "media", "--check"]) == 0
+    from transkube_operator import handlers
+
+    handlers.WATCH_NAMESPACES.clear()  # main() set it; nothing else in the unit tests reads it
